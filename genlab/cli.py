@@ -1,0 +1,216 @@
+"""The `genlab` command line. Bad input ends with one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from genlab.config import DataConfig, TrainConfig, describe, read_yaml
+from genlab.errors import GenlabError, TrainingStopped
+
+# The flags every `genlab train` shows first (SPEC S2); every other config field is a flag too.
+MAIN_FLAGS = ["dataset", "data_dir", "steps", "epochs", "batch_size", "lr", "seed", "device", "sample_every"]
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise GenlabError(f"{self.prog}: {message}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_fields(group, rows, defaults: dict, taken: set[str]) -> None:
+    """One flag per config field (rows from `describe`); a name already taken stays reachable by --set."""
+    for name, type_name, default, help_ in rows:
+        if name in taken:
+            continue
+        taken.add(name)
+        default = defaults.get(name, default)
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        group.add_argument(_flag(name), dest=name, default=argparse.SUPPRESS, metavar=type_name.upper(),
+                           help=f"{help_} (default: {shown})")
+
+
+def train_parser(model: str | None) -> Parser:
+    from genlab.family import FAMILIES, family
+
+    p = Parser(prog="genlab train", description="Train a model into a new run directory, or continue one.",
+               usage="genlab train MODEL [options] | genlab train --resume RUN [--steps N]")
+    p.add_argument("model", nargs="?", help=f"one of: {', '.join(FAMILIES)}")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint")
+    p.add_argument("--out", metavar="RUN", help="the new run directory (default: runs/MODEL-DATA-TIME)")
+    p.add_argument("--config", metavar="FILE.yaml", help="a config file (as a run's config.yaml)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any option, e.g. --set model.dim=32 --set train.lr=2e-4 (repeatable)")
+    fam = family(model) if model else None
+    tdefaults = fam.TRAIN_DEFAULTS if fam else {}
+    ddefaults = fam.DATA_DEFAULTS if fam else {}
+    taken: set[str] = set()
+    main = p.add_argument_group("common options")
+    for cls, d in ((DataConfig, ddefaults), (TrainConfig, tdefaults)):
+        _add_fields(main, [r for r in describe(cls) if r[0] in MAIN_FLAGS], d, taken)
+    _add_fields(p.add_argument_group("data options"), describe(DataConfig), ddefaults, taken)
+    _add_fields(p.add_argument_group("training options"), describe(TrainConfig), tdefaults, taken)
+    if fam:
+        _add_fields(p.add_argument_group(f"{model} options"), describe(fam.Config), {}, taken)
+    return p
+
+
+def cmd_train(argv: list[str]) -> int:
+    from genlab.family import FAMILIES
+    from genlab.runs import train
+
+    model = argv[0] if argv and not argv[0].startswith("-") else None
+    if model is None and "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 < len(argv):
+            model = read_yaml(argv[i + 1]).get("family")
+    if model is not None and model not in FAMILIES:
+        raise GenlabError(f"unknown model '{model}' (known: {', '.join(FAMILIES)})")
+    args = vars(train_parser(model).parse_args(argv))
+    resume = args.pop("resume")
+    name = args.pop("model")
+    if resume and name:
+        raise GenlabError("give either MODEL or --resume RUN, not both")
+    if not resume and not name and not args.get("config"):
+        raise GenlabError("name a model to train (genlab train MODEL), or --resume RUN; see genlab models")
+    if resume:
+        for k in ("out", "config"):
+            if args.pop(k):
+                raise GenlabError(f"--{k} cannot be used with --resume")
+        train(resume=resume, sets=args.pop("sets"), **args)
+    else:
+        train(name, out=args.pop("out"), config=args.pop("config"), sets=args.pop("sets"), **args)
+    return 0
+
+
+def cmd_sample(a) -> int:
+    from genlab.runs import load, sample
+    from genlab.viz import save_sample_file
+
+    model = load(a.run, device=_device(a.device))
+    kwargs = {}
+    if a.sampler:
+        kwargs["sampler"] = a.sampler
+    if a.steps:
+        kwargs["steps"] = a.steps
+    x = sample(model, a.n, seed=a.seed, progress=True, **kwargs)
+    out = Path(a.output) if a.output else Path(a.run) / "samples" / f"sample-n{a.n}-seed{a.seed}.png"
+    if out.suffix not in (".png", ".npz"):
+        raise GenlabError(f"output must end in .png or .npz, got {out}")
+    save_sample_file(out, x)
+    print(out)
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from genlab.runs import evaluate
+
+    metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
+    result = evaluate(a.run, metrics, n=a.n, device=_device(a.device), seed=a.seed)
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        print(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from genlab.report import write_report
+
+    print(write_report(a.run))
+    return 0
+
+
+def cmd_datasets(a) -> int:
+    from genlab.data import availability, cache_dir
+
+    rows = availability(a.data_dir)
+    w = max(len(r[0]) for r in rows)
+    for name, status, desc in rows:
+        print(f"{name:<{w}}  {desc}" + (f"\n{'':<{w}}    {status}" if status else ""))
+    print(f"\nsearch order: --data-dir, $GENLAB_DATA, then {cache_dir()}")
+    return 0
+
+
+def cmd_models(a) -> int:
+    from genlab.family import FAMILIES, family
+
+    names = [a.model] if a.model else list(FAMILIES)
+    for name in names:
+        fam = family(name)
+        print(f"{name}: {FAMILIES[name][1]}")
+        if a.model or len(names) == 1:
+            print(f"  trains on {fam.DATA_KIND} data; default data set: {fam.DATA_DEFAULTS.get('dataset')}")
+            print("  training defaults: " + ", ".join(f"{k}={v}" for k, v in fam.TRAIN_DEFAULTS.items()))
+            print("  options (--set model.NAME=VALUE or --name VALUE):")
+            for fname, type_name, default, help_ in describe(fam.Config):
+                print(f"    {fname:<16} {type_name:<10} {str(default):<14} {help_}")
+    if not a.model:
+        print("\nmore: genlab models MODEL")
+    return 0
+
+
+def _device(name: str) -> str:
+    from genlab.trainer import resolve_device
+
+    return str(resolve_device(name))
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="genlab", description="Deep generative models of images: train, sample, evaluate.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.add_parser("train", help="train a model (genlab train MODEL --help for its options)", add_help=False)
+
+    s = sub.add_parser("sample", help="draw samples from a trained run")
+    s.add_argument("run", metavar="RUN")
+    s.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+    s.add_argument("--sampler", help="sampler, for families that have several (ddpm: ancestral, ddim)")
+    s.add_argument("--steps", type=int, help="sampling steps, for samplers that take a number")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("-o", "--output", metavar="FILE", help="FILE.png (a grid) or FILE.npz (key 'samples')")
+
+    e = sub.add_parser("eval", help="evaluate a trained run on its test set")
+    e.add_argument("run", metavar="RUN")
+    e.add_argument("--metrics", default="loss,nll", help="comma-separated: loss, nll (default: loss,nll)")
+    e.add_argument("--n", type=int, default=0, help="test examples to use (default: all)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+
+    r = sub.add_parser("report", help="(re)write RUN/report.html")
+    r.add_argument("run", metavar="RUN")
+
+    d = sub.add_parser("datasets", help="known data sets, what is on disk and where to put files")
+    d.add_argument("--data-dir", help="also look here")
+
+    m = sub.add_parser("models", help="the model families and their options")
+    m.add_argument("model", nargs="?")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "train":
+            return cmd_train(argv[1:])
+        a = build_parser().parse_args(argv)
+        if a.command is None:
+            build_parser().print_help()
+            return 0
+        for k in ("n", "steps"):
+            if getattr(a, k, None) is not None and getattr(a, k) < (0 if k == "n" and a.command == "eval" else 1):
+                raise GenlabError(f"--{k} must be a positive number")
+        return {"sample": cmd_sample, "eval": cmd_eval, "report": cmd_report, "datasets": cmd_datasets,
+                "models": cmd_models}[a.command](a)
+    except GenlabError as e:
+        print(f"genlab: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingStopped as e:
+        print(f"genlab: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("genlab: interrupted", file=sys.stderr)
+        return 130

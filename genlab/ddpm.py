@@ -1,0 +1,328 @@
+"""Denoising diffusion probabilistic models (Ho, Jain and Abbeel 2020, arXiv:2006.11239).
+
+What seed 001 (section 7) and seed 004 specify, and where it lives here:
+- forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)     eq. 13/17: `q_sample`
+- cosine schedule, alpha_t = clip(abar_t / abar_{t-1}, 0.001, 1)          eq. 14: `cosine_alphas`
+- posterior q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I)                   eq. 18: `q_posterior`
+- Algorithm 1 (training) with the L1 loss (seed 001) or L2 (seed 004 eq. 8), predicting eps, x0 or v
+- Algorithm 2 (ancestral sampling) with x0-hat clamped to [-1, 1]:      `p_sample_loop`
+- the variational bound (eq. 15) on 8-bit data in bits/dim, with the
+  discretised Gaussian decoder of Ho et al.:                             `vlb_terms`
+
+Time steps are 0-based in code: index i stands for the paper's t = i + 1.
+The diffusion process is a plain module of buffers; the network is passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from genlab import parallel
+from genlab.config import opt
+from genlab.errors import GenlabError
+from genlab.family import GenerativeModel
+from genlab.unet import UNet
+
+
+# ---------------------------------------------------------------------------
+# Schedules (pure functions)
+
+
+def cosine_alphas(T: int, s: float = 0.008, min_alpha: float = 0.001) -> torch.Tensor:
+    """alpha_t for t = 1..T from the cosine schedule (seed 001 eq. 14), float64."""
+    t = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+    abar = f / f[0]
+    return (abar[1:] / abar[:-1]).clamp(min_alpha, 1.0)
+
+
+def linear_alphas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """alpha_t = 1 - beta_t with beta linear from 1e-4 to 0.02 at T = 1000, rescaled for other T."""
+    scale = 1000 / T
+    return 1 - torch.linspace(scale * beta_start, min(scale * beta_end, 0.999), T, dtype=torch.float64)
+
+
+SCHEDULES = {"cosine": cosine_alphas, "linear": linear_alphas}
+
+
+def extract(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """a[t] shaped to broadcast against x: (B,) -> (B, 1, 1, ...)."""
+    return a[t].view(-1, *([1] * (x.dim() - 1)))
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).mean(1)
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale):
+    """log P(x) of 8-bit data scaled to [-1, 1] under N(mean, e^{2 log_scale}) integrated over each bin."""
+    inv_std = torch.exp(-log_scale)
+    upper = inv_std * (x - mean + 1 / 255)
+    lower = inv_std * (x - mean - 1 / 255)
+    log_cdf_upper = torch.special.log_ndtr(upper)
+    log_sf_lower = torch.special.log_ndtr(-lower)
+    mid = torch.log((torch.special.ndtr(upper) - torch.special.ndtr(lower)).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_sf_lower, mid))
+
+
+# ---------------------------------------------------------------------------
+# The diffusion process
+
+
+class GaussianDiffusion(nn.Module):
+    def __init__(self, alphas: torch.Tensor):
+        super().__init__()
+        alphas = alphas.double()
+        abar = torch.cumprod(alphas, 0)
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        betas = 1 - alphas
+        posterior_var = betas * (1 - abar_prev) / (1 - abar)  # eq. 18, beta~_t
+        consts = {
+            "alphas": alphas,
+            "alpha_bar": abar,
+            "alpha_bar_prev": abar_prev,
+            "sqrt_alpha_bar": abar.sqrt(),
+            "sqrt_one_minus_alpha_bar": (1 - abar).sqrt(),
+            "posterior_variance": posterior_var,
+            # beta~_1 = 0; the decoder at t = 1 uses beta~_2 instead (as in improved-diffusion)
+            "posterior_log_variance_clipped": torch.log(torch.cat([posterior_var[1:2], posterior_var[1:]])),
+            "posterior_coef_x0": abar_prev.sqrt() * betas / (1 - abar),
+            "posterior_coef_xt": alphas.sqrt() * (1 - abar_prev) / (1 - abar),
+        }
+        for name, v in consts.items():
+            self.register_buffer(name, v.float(), persistent=False)
+        self.T = len(alphas)
+
+    def q_sample(self, x0, t, eps):
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (eq. 13)."""
+        return extract(self.sqrt_alpha_bar, t, x0) * x0 + extract(self.sqrt_one_minus_alpha_bar, t, x0) * eps
+
+    def q_posterior(self, x0, xt, t):
+        """Mean, variance and log variance of q(x_{t-1} | x_t, x_0) (eq. 18)."""
+        mean = extract(self.posterior_coef_x0, t, xt) * x0 + extract(self.posterior_coef_xt, t, xt) * xt
+        return mean, extract(self.posterior_variance, t, xt), extract(self.posterior_log_variance_clipped, t, xt)
+
+    def predict_x0(self, xt, t, out, objective: str):
+        if objective == "eps":  # eq. 19
+            return (xt - extract(self.sqrt_one_minus_alpha_bar, t, xt) * out) / extract(self.sqrt_alpha_bar, t, xt)
+        if objective == "x0":
+            return out
+        # v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans and Ho 2022)
+        return extract(self.sqrt_alpha_bar, t, xt) * xt - extract(self.sqrt_one_minus_alpha_bar, t, xt) * out
+
+    def target(self, x0, eps, t, objective: str):
+        if objective == "eps":
+            return eps
+        if objective == "x0":
+            return x0
+        return extract(self.sqrt_alpha_bar, t, x0) * eps - extract(self.sqrt_one_minus_alpha_bar, t, x0) * x0
+
+    def training_loss(self, net, x0, loss_type: str = "l1", objective: str = "eps"):
+        """Algorithm 1, per example: t ~ U{1..T}, eps ~ N(0, I), || target - net(x_t, t) ||."""
+        t = parallel.randint(self.T, x0.shape[0], x0.device)
+        eps = parallel.randn_like(x0)
+        xt = self.q_sample(x0, t, eps)
+        err = net(xt, t.float()) - self.target(x0, eps, t, objective)
+        return mean_flat(err.abs() if loss_type == "l1" else err ** 2)
+
+    def p_mean_variance(self, net, xt, t, objective: str = "eps", clip: bool = True):
+        x0 = self.predict_x0(xt, t, net(xt, t.float()), objective)
+        if clip:
+            x0 = x0.clamp(-1, 1)  # Algorithm 2, line 6
+        mean, var, logvar = self.q_posterior(x0, xt, t)  # Algorithm 2, lines 7-8
+        return {"mean": mean, "variance": var, "log_variance": logvar, "x0": x0}
+
+    @torch.no_grad()
+    def p_sample_loop(self, net, shape, generator=None, x_T=None, t_start: int | None = None,
+                      keep=(), objective: str = "eps", clip: bool = True, progress=None):
+        """Algorithm 2 from x_T ~ N(0, I) (or from `x_T` at step `t_start`) down to x_0.
+
+        Returns (x_0, {t: x_t for t in keep}) with t in the paper's 1..T and 0 for the output.
+        """
+        device = self.alphas.device
+        t_start = self.T if t_start is None else t_start
+        x = torch.randn(shape, generator=generator, device=device) if x_T is None else x_T.to(device)
+        kept = {t_start: x.clone()} if t_start in keep else {}
+        for i in reversed(range(t_start)):
+            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+            out = self.p_mean_variance(net, x, t, objective, clip)
+            z = torch.randn(shape, generator=generator, device=device) if i > 0 else 0.0  # line 3
+            x = out["mean"] + out["variance"].sqrt() * z  # line 9
+            if i in keep:
+                kept[i] = x.clone()
+            if progress is not None:
+                progress.update(1)
+        return x, kept
+
+    @torch.no_grad()
+    def ddim_sample_loop(self, net, shape, steps: int, eta: float = 0.0, generator=None,
+                         objective: str = "eps", clip: bool = True, progress=None):
+        """DDIM (Song, Meng and Ermon 2021, eq. 12) on `steps` evenly spaced time steps.
+
+        eta = 1 with steps = T is exactly Algorithm 2; eta = 0 is deterministic given x_T.
+        """
+        device = self.alphas.device
+        ts = torch.linspace(self.T - 1, 0, steps, dtype=torch.float64).round().long().unique_consecutive().tolist()
+        x = torch.randn(shape, generator=generator, device=device)
+        for k, i in enumerate(ts):
+            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+            abar = self.alpha_bar[i]
+            abar_prev = self.alpha_bar[ts[k + 1]] if k + 1 < len(ts) else torch.ones((), device=device)
+            x0 = self.predict_x0(x, t, net(x, t.float()), objective)
+            if clip:
+                x0 = x0.clamp(-1, 1)
+            eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
+            sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+            x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+            if k + 1 < len(ts) and eta > 0:
+                x = x + sigma * torch.randn(shape, generator=generator, device=device)
+            if progress is not None:
+                progress.update(1)
+        return x
+
+    @torch.no_grad()
+    def vlb_terms(self, net, x0, objective: str = "eps", clip: bool = True, generator=None):
+        """The variational bound (eq. 15) per example in bits/dim: prior + sum of KLs + decoder NLL."""
+        B = x0.shape[0]
+        total = torch.zeros(B, device=x0.device)
+        for i in reversed(range(self.T)):
+            t = torch.full((B,), i, device=x0.device, dtype=torch.long)
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+            xt = self.q_sample(x0, t, noise)
+            true_mean, _, true_logvar = self.q_posterior(x0, xt, t)
+            out = self.p_mean_variance(net, xt, t, objective, clip)
+            if i == 0:
+                nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
+                total += mean_flat(nll) / math.log(2)
+            else:
+                total += mean_flat(normal_kl(true_mean, true_logvar, out["mean"], out["log_variance"])) / math.log(2)
+        t_last = torch.full((B,), self.T - 1, device=x0.device, dtype=torch.long)
+        prior_mean = extract(self.sqrt_alpha_bar, t_last, x0) * x0
+        prior_logvar = torch.log(extract(1 - self.alpha_bar, t_last, x0))
+        total += mean_flat(normal_kl(prior_mean, prior_logvar, torch.zeros_like(x0), torch.zeros_like(x0))) / math.log(2)
+        return total
+
+
+# ---------------------------------------------------------------------------
+# The family
+
+
+@dataclass
+class Config:
+    time_steps: int = opt(50, "diffusion steps T (seed 001: 50)", min=2)
+    schedule: str = opt("cosine", "noise schedule (cosine: seed 001 eq. 14)", choices=list(SCHEDULES))
+    loss: str = opt("l1", "l1 (seed 001) or l2 (seed 004)", choices=["l1", "l2"])
+    objective: str = opt("eps", "what the network predicts", choices=["eps", "x0", "v"])
+    clip_x0: bool = opt(True, "clamp the predicted x0 to [-1, 1] while sampling (Algorithm 2, line 6)")
+    dim: int = opt(16, "U-Net base width (seed 001: 16)", min=1)
+    dim_mults: list[int] = opt([1, 2, 4, 8], "U-Net width multipliers per resolution (seed 001: 1,2,4,8)", min=1)
+    num_res_blocks: int = opt(2, "residual blocks per resolution", min=1)
+    attn_levels: int = opt(2, "self-attention in this many lowest-resolution levels", min=0)
+    dropout: float = opt(0.0, "dropout in the residual blocks", min=0.0, max=1.0)
+    strip_steps: list[int] = opt([], "time steps of the inference strip (empty: seed 004's 200,100,50,20,10,0 "
+                                     "when T >= 200, else 100,50,25,10,5,0 percent of T)", min=0)
+
+
+TRAIN_DEFAULTS = {"batch_size": 32, "lr": 1e-3, "steps": 1000, "ema_decay": 0.995}
+DATA_DEFAULTS = {"dataset": "digits"}
+DATA_KIND = "image"
+IMAGE_SIZE = 32
+
+
+class DDPM(GenerativeModel):
+    def __init__(self, shape, time_steps=50, schedule="cosine", loss="l1", objective="eps", clip_x0=True,
+                 dim=16, dim_mults=(1, 2, 4, 8), num_res_blocks=2, attn_levels=2, dropout=0.0):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.loss_type, self.objective, self.clip_x0 = loss, objective, clip_x0
+        self.net = UNet(shape[0], dim=dim, dim_mults=tuple(dim_mults), num_res_blocks=num_res_blocks,
+                        attn_levels=attn_levels, dropout=dropout)
+        self.diffusion = GaussianDiffusion(SCHEDULES[schedule](time_steps))
+
+    def loss(self, batch):
+        x, _ = batch
+        return {"loss": self.diffusion.training_loss(self.net, x * 2 - 1, self.loss_type, self.objective).mean()}
+
+    @torch.no_grad()
+    def sample(self, n, generator=None, sampler: str = "ancestral", steps: int | None = None, eta: float = 0.0,
+               keep=(), progress=None):
+        """n images in [0, 1] by Algorithm 2 ("ancestral") or DDIM; with `keep`, also {t: x_t in [0, 1]}."""
+        shape = (n, *self.shape)
+        if sampler == "ddim":
+            x = self.diffusion.ddim_sample_loop(self.net, shape, steps or self.diffusion.T, eta, generator,
+                                                self.objective, self.clip_x0, progress)
+            return ((x + 1) / 2).clamp(0, 1)
+        if sampler != "ancestral":
+            raise GenlabError(f"unknown sampler '{sampler}' for ddpm (ancestral, ddim)")
+        if steps not in (None, self.diffusion.T):
+            raise GenlabError(f"the ancestral sampler takes all T={self.diffusion.T} steps; use --sampler ddim for fewer")
+        x, kept = self.diffusion.p_sample_loop(self.net, shape, generator, keep=keep,
+                                               objective=self.objective, clip=self.clip_x0, progress=progress)
+        x = ((x + 1) / 2).clamp(0, 1)
+        return (x, {t: ((v + 1) / 2).clamp(0, 1) for t, v in kept.items()}) if keep else x
+
+    @torch.no_grad()
+    def nll(self, x, generator=None):
+        """Upper bound on -log p(x) of 8-bit images x in [0, 1], in nats per example."""
+        bpd = self.diffusion.vlb_terms(self.net, x * 2 - 1, self.objective, self.clip_x0, generator)
+        return bpd * math.log(2) * x[0].numel()
+
+
+def build(cfg: Config, shape, num_classes=0) -> DDPM:
+    return DDPM(shape, cfg.time_steps, cfg.schedule, cfg.loss, cfg.objective, cfg.clip_x0, cfg.dim,
+                cfg.dim_mults, cfg.num_res_blocks, cfg.attn_levels, cfg.dropout)
+
+
+def strip_steps(cfg: Config) -> list[int]:
+    T = cfg.time_steps
+    if cfg.strip_steps:
+        return sorted({min(t, T) for t in cfg.strip_steps}, reverse=True)
+    if T >= 200:
+        return [200, 100, 50, 20, 10, 0]
+    return sorted({round(f * T) for f in (1.0, 0.5, 0.25, 0.1, 0.05, 0.0)}, reverse=True)
+
+
+@torch.no_grad()
+def figures(model: DDPM, data, out_dir, cfg: Config, generator: torch.Generator) -> list[str]:
+    """Seed 001's forward and backward processes at 0/25/50/75/99% of T and seed 004's inference strip."""
+    from genlab.viz import image_table
+
+    device = model.device
+    T = model.diffusion.T
+    fracs = [0.0, 0.25, 0.5, 0.75, 0.99]
+    ts = [int(f * T) for f in fracs]
+    x0 = data.floats("train")[:8].to(device) * 2 - 1
+    # Forward: x_t ~ q(x_t | x_0) at each fraction, from the first training images.
+    cols = []
+    for t in ts:
+        if t == 0:
+            cols.append(x0)
+        else:
+            tt = torch.full((len(x0),), t - 1, device=device, dtype=torch.long)
+            cols.append(model.diffusion.q_sample(x0, tt, torch.randn(x0.shape, generator=generator, device=device)))
+    to01 = lambda v: ((v + 1) / 2).clamp(0, 1)  # noqa: E731
+    rows = [torch.stack([to01(c[i]) for c in cols]) for i in range(len(x0))]
+    titles = [f"{int(f * 100)}%: t={t}" for f, t in zip(fracs, ts)]
+    paths = [f"{out_dir}/forward.png", f"{out_dir}/backward.png", f"{out_dir}/strip.png"]
+    image_table(paths[0], rows, titles, title="forward process q(x_t | x_0)")
+    # Backward: Algorithm 2 from the last forward state, shown at the same fractions.
+    _, kept = model.diffusion.p_sample_loop(model.net, x0.shape, generator, x_T=cols[-1], t_start=ts[-1], keep=ts,
+                                            objective=model.objective, clip=model.clip_x0)
+    order = sorted(ts, reverse=True)
+    rows = [torch.stack([to01(kept[t][i]) for t in order]) for i in range(len(x0))]
+    image_table(paths[1], rows, [f"t={t}" for t in order], title="backward process p(x_{t-1} | x_t)")
+    # Inference strip (seed 004): x_t along one sampling run from pure noise.
+    steps = strip_steps(cfg)
+    _, kept = model.sample(4, generator=generator, keep=steps)
+    rows = [torch.stack([kept[t][i] for t in steps]) for i in range(4)]
+    image_table(paths[2], rows, [f"t={t}" for t in steps], title="inference x_t")
+    return paths

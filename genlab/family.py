@@ -1,0 +1,61 @@
+"""The model protocol and the registry of families.
+
+A model is an nn.Module with `loss(batch) -> dict` (a scalar "loss" plus named
+terms) and `sample(n, generator=None)`; likelihood families add `nll(x)`.
+The default `train_step` minimises "loss" with the one optimizer "main";
+families with several optimizers (GANs) define `optimizer_groups` and their
+own `train_step` from the same `ctx.minimize` primitive, so the Trainer never
+branches on the family.
+
+Each family lives in one module that exposes `Config` (its dataclass),
+`build(cfg, shape, num_classes)`, `figures(model, data, out_dir, cfg, generator)`,
+`TRAIN_DEFAULTS`, `DATA_DEFAULTS` and `DATA_KIND`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+import torch.nn as nn
+
+from genlab.errors import GenlabError
+
+
+class GenerativeModel(nn.Module):
+    #: name of the submodule whose weights are averaged (EMA) and used for sampling; "" is the whole model
+    ema_target: str = ""
+
+    def loss(self, batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"main": [p for p in self.parameters() if p.requires_grad]}
+
+    def train_step(self, batch, ctx) -> dict[str, float]:
+        return ctx.minimize("main", self.loss, batch)
+
+    @torch.no_grad()
+    def eval_step(self, batch) -> dict[str, torch.Tensor]:
+        """Test-set quantities of one batch (averaged over batches by the caller)."""
+        return self.loss(batch)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+# name -> (module, one-line description)
+FAMILIES = {
+    "ddpm": ("genlab.ddpm", "denoising diffusion probabilistic model with a U-Net (Ho et al. 2020; seeds 001, 004)"),
+}
+
+
+def family(name: str) -> ModuleType:
+    if name not in FAMILIES:
+        raise GenlabError(f"unknown model '{name}' (known: {', '.join(FAMILIES)})")
+    return importlib.import_module(FAMILIES[name][0])

@@ -1,0 +1,270 @@
+"""Runs: building a configuration, training into a run directory, loading a run back.
+
+A run directory holds config.yaml, metrics.jsonl, checkpoints/, samples/,
+figures/ and report.html. A new run never reuses an existing directory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from genlab import checkpoint, parallel
+from genlab.config import (SECTIONS, DataConfig, RunConfig, TrainConfig, build, dump_yaml, parse_sets, read_yaml,
+                           update)
+from genlab.data import kind_of, load_dataset
+from genlab.errors import GenlabError
+from genlab.family import family
+
+# Options of a finished or interrupted run that `--resume` may change.
+RESUMABLE = {"steps", "epochs", "device", "num_workers", "progress", "log_every", "sample_every", "channels_last",
+             "checkpoint_every", "eval_every", "keep_checkpoints", "final_eval_n", "tracking"}
+
+
+def make_config(model: str | None = None, config: str | Path | None = None, sets: list[str] = (),
+                **options) -> RunConfig:
+    """Defaults < family defaults < YAML file < keyword options < `sets` ('section.key=value')."""
+    file_values = read_yaml(config) if config else {}
+    name = model or file_values.get("family")
+    if not name:
+        raise GenlabError("name a model to train, e.g. genlab train ddpm (see genlab models)")
+    fam = family(name)
+    unknown = set(file_values) - {"family", *SECTIONS}
+    if unknown:
+        raise GenlabError(f"config file {config}: unknown section(s) {', '.join(sorted(unknown))}")
+    data = build(DataConfig, fam.DATA_DEFAULTS, "data.")
+    train = build(TrainConfig, fam.TRAIN_DEFAULTS, "train.")
+    mcfg = fam.Config()
+    sections = {"data": DataConfig, "train": TrainConfig, "model": fam.Config}
+    explicit: dict[str, dict] = {s: dict(file_values.get(s) or {}) for s in SECTIONS}
+    for key, value in options.items():
+        if value is None:
+            continue
+        owners = [s for s, cls in sections.items() if any(f == key for f in cls.__dataclass_fields__)]
+        if not owners:
+            raise GenlabError(f"unknown option '{key}'")
+        explicit[owners[0]][key] = value
+    for s, vals in parse_sets(list(sets), sections).items():
+        explicit[s].update(vals)
+    if "epochs" in explicit["train"] and "steps" not in explicit["train"]:
+        train.steps = 0  # asking for epochs replaces the family's default number of steps
+    update(data, explicit["data"], "data.")
+    update(train, explicit["train"], "train.")
+    update(mcfg, explicit["model"], "model.")
+    cfg = RunConfig(name, data, train, mcfg)
+    validate(cfg, fam)
+    return cfg
+
+
+def validate(cfg: RunConfig, fam) -> None:
+    kind = kind_of(cfg.data.dataset)
+    if fam.DATA_KIND != "any" and kind != fam.DATA_KIND:
+        raise GenlabError(f"model '{cfg.family}' trains on {fam.DATA_KIND} data, but '{cfg.data.dataset}' is {kind} data")
+    if not cfg.train.steps and not cfg.train.epochs:
+        raise GenlabError("set either train.steps or train.epochs to a positive number")
+
+
+def config_from_dict(d: dict, where: str) -> RunConfig:
+    try:
+        fam = family(d["family"])
+        return RunConfig(d["family"], build(DataConfig, d.get("data"), "data."),
+                         build(TrainConfig, d.get("train"), "train."), build(fam.Config, d.get("model"), "model."))
+    except (KeyError, TypeError) as e:
+        raise GenlabError(f"{where} is not a valid genlab config: {e}") from None
+
+
+def read_run_config(run: Path) -> RunConfig:
+    if not (run / "config.yaml").is_file():
+        raise GenlabError(f"{run} is not a genlab run directory (no config.yaml)")
+    return config_from_dict(read_yaml(run / "config.yaml"), str(run / "config.yaml"))
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in cfg.data.dataset.split("/")[-1])[:24]
+    base = Path("runs") / f"{cfg.family}-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = base, 2
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+def write_config(run_dir: Path, cfg: RunConfig) -> None:
+    tmp = run_dir / ".config.yaml.tmp"
+    tmp.write_text(dump_yaml(cfg.to_dict()))
+    tmp.replace(run_dir / "config.yaml")
+
+
+def train(model: str | None = None, *, out: str | Path | None = None, resume: str | Path | None = None,
+          config: str | Path | None = None, sets: list[str] = (), **options):
+    """Train a model into a new run directory (or continue `resume`) and return it loaded.
+
+    `options` are any field of the data, train or model config: genlab.train("ddpm", dataset="mnist", steps=500).
+    """
+    from genlab.trainer import Trainer, resolve_device
+
+    if resume is not None:
+        run_dir = Path(resume)
+        cfg = read_run_config(run_dir)
+        extra = {k: v for k, v in options.items() if v is not None}
+        for k in list(extra) + [s.split("=", 1)[0].split(".")[-1] for s in sets]:
+            if k not in RESUMABLE:
+                raise GenlabError(f"--resume cannot change '{k}' (only {', '.join(sorted(RESUMABLE))})")
+        if "epochs" in extra and "steps" not in extra:
+            extra["steps"] = 0
+        update(cfg.train, extra, "train.")
+        update(cfg.train, parse_sets(list(sets), {"train": TrainConfig})["train"], "train.")
+        if checkpoint.latest(run_dir / "checkpoints") is None:
+            raise GenlabError(f"{run_dir} has no checkpoint to resume from")
+    else:
+        cfg = make_config(model, config, sets, **options)
+        run_dir = Path(out) if out else None
+        if run_dir is not None and run_dir.exists():
+            raise GenlabError(f"{run_dir} already exists; a new run never overwrites one (use --resume to continue it)")
+
+    parallel.setup("cuda" if cfg.train.device.startswith("cuda") or
+                   (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
+    try:
+        device = resolve_device(cfg.train.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        fam = family(cfg.family)
+        data = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.image_size, cfg.data.channels,
+                            cfg.data.download, getattr(fam, "IMAGE_SIZE", 32))
+        torch.manual_seed(cfg.train.seed)
+        net = fam.build(cfg.model, data.shape, len(data.classes or [])).to(device)
+        parallel.broadcast_parameters(net)
+        if cfg.train.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            net.compile()
+        if resume is None:
+            run_dir = parallel.broadcast_object(run_dir or default_run_dir(cfg))
+            parallel.barrier()
+            if parallel.is_main():
+                run_dir.mkdir(parents=True)
+                for sub in ("checkpoints", "samples", "figures"):
+                    (run_dir / sub).mkdir()
+        if parallel.is_main():
+            write_config(run_dir, cfg)
+        parallel.barrier()
+        trainer = Trainer(cfg, run_dir, data, net, fam, device)
+        if resume is not None:
+            trainer.restore(checkpoint.latest(run_dir / "checkpoints"))
+            if trainer.step >= trainer.total:
+                raise GenlabError(f"{run_dir} is already complete ({trainer.step} of {trainer.total} steps); "
+                                  f"pass --steps N to train it further")
+        trainer.fit()
+        trainer.save()
+        if parallel.is_main():
+            finish(trainer)
+    finally:
+        parallel.barrier()
+        parallel.teardown()
+    return load(run_dir, device=str(device)) if parallel.is_main() else None
+
+
+def finish(trainer) -> None:
+    """The end of a run: test metrics, the final sample grid, every figure and the report."""
+    from genlab.report import write_report
+    from genlab.trainer import averaged_weights, read_metrics
+    from genlab.viz import plot_curves
+
+    run_dir, cfg = trainer.run_dir, trainer.cfg
+    print(f"evaluating on the test set ({len(trainer.data.test)} examples)...", flush=True)
+    result = trainer.evaluate(final=True)
+    trainer.log("test", result)
+    trainer.sample_grid("final")
+    g = torch.Generator(trainer.device).manual_seed(cfg.train.seed + 4)
+    trainer.model.eval()
+    with averaged_weights(trainer.model, trainer.ema):
+        trainer.fam.figures(trainer.model, trainer.data, run_dir / "figures", cfg.model, g)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    plot_curves(run_dir / "figures" / "loss.png", records, ["loss"], title="training loss")
+    other = sorted({k for r in records for k in r if k not in ("step", "split", "loss", "lr", "img_per_s", "elapsed",
+                                                               "nll_n", "grad_norm")})
+    if other:
+        plot_curves(run_dir / "figures" / "curves.png", records, other[:6])
+    write_report(run_dir)
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
+    print(f"done: {run_dir} (test: {summary})\nreport: {run_dir / 'report.html'}")
+
+
+def load(run: str | Path, device: str = "cpu", ema: bool = True, step: int | None = None):
+    """A trained model from a run directory, in eval mode, with its EMA weights when it has them."""
+    run = Path(run)
+    cfg = read_run_config(run)
+    root = run / "checkpoints"
+    path = checkpoint.latest(root) if step is None else root / f"step_{step:08d}"
+    if path is None or not (path / "meta.json").is_file():
+        raise GenlabError(f"{run} has no checkpoint{'' if step is None else f' at step {step}'}")
+    tensors, meta = checkpoint.load(path, names=["model", "ema"])
+    fam = family(cfg.family)
+    model = fam.build(cfg.model, meta["shape"], meta.get("num_classes", 0))
+    checkpoint.load_state(model, tensors["model"], f"checkpoint {path}")
+    if ema and "ema" in tensors:
+        target = model.get_submodule(meta["ema_target"]) if meta.get("ema_target") else model
+        sd = {k[len("module."):]: v for k, v in tensors["ema"].items() if k.startswith("module.")}
+        checkpoint.load_state(target, sd, f"EMA weights of {path}")
+    model.to(device).eval()
+    model.run_dir, model.config, model.step, model.classes = run, cfg, meta["step"], meta.get("classes")
+    model.data_shape = tuple(meta["shape"])
+    return model
+
+
+def sample(run_or_model, n: int = 64, seed: int = 0, device: str = "cpu", progress: bool = False, **kwargs):
+    """n samples from a run (images in [0, 1] as (n, C, H, W); 2-D points as (n, 2))."""
+    from tqdm import tqdm
+
+    model = run_or_model if isinstance(run_or_model, torch.nn.Module) else load(run_or_model, device=device)
+    g = torch.Generator(model.device).manual_seed(seed)
+    out = []
+    with tqdm(total=n, disable=not progress, unit="sample") as bar:
+        for i in range(0, n, 256):
+            k = min(256, n - i)
+            out.append(model.sample(k, generator=g, **kwargs))
+            bar.update(k)
+    return torch.cat(out)
+
+
+def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str = "cpu", seed: int = 0,
+             log: bool = True) -> dict[str, float]:
+    """Test-set metrics of a trained run; appended to its metrics.jsonl (split "eval") when `log`."""
+    import json
+
+    from genlab.data import batches
+    from genlab.trainer import likelihood
+
+    model = load(run, device=device)
+    cfg = model.config
+    fam = family(cfg.family)
+    data = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.image_size, cfg.data.channels,
+                        cfg.data.download, getattr(fam, "IMAGE_SIZE", 32))
+    known = {"loss", "nll"}
+    for m in metrics:
+        if m not in known:
+            raise GenlabError(f"unknown metric '{m}' (available: {', '.join(sorted(known))})")
+    result: dict[str, float] = {}
+    limit = len(data.test) if n == 0 else min(n, len(data.test))
+    if "loss" in metrics:
+        torch.manual_seed(seed)
+        totals, count = {}, 0
+        for x, y in batches(data, "test", 256):
+            x, y = x[: limit - count].to(device), y[: limit - count].to(device)
+            for k, v in model.eval_step((x, y)).items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(x)
+            count += len(x)
+            if count >= limit:
+                break
+        result.update({k: v / count for k, v in totals.items()})
+    if "nll" in metrics:
+        if not hasattr(model, "nll"):
+            raise GenlabError(f"model '{cfg.family}' has no likelihood (nll)")
+        result.update(likelihood(model, data, limit, torch.device(device), seed))
+    if log:
+        with open(Path(run) / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": model.step, "split": "eval", **{k: v for k, v in result.items()
+                                                                        if not isinstance(v, float) or math.isfinite(v)}}) + "\n")
+    return result

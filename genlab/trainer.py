@@ -1,0 +1,429 @@
+"""One training loop for every family.
+
+Per step: a batch (this process's slice of the global batch), `model.train_step`
+(which calls `ctx.minimize` once per optimizer), the EMA update, then the periodic
+work: metrics to `metrics.jsonl`, sample grids, test evaluation and checkpoints.
+
+A resumed run continues exactly: the batch order is a pure function of
+(seed, epoch), and the checkpoint holds the step, the position in the epoch,
+the RNG, optimizer, scheduler and EMA states; sampling and evaluation draw
+their noise from their own generators so they never disturb training.
+Weights are averaged with torch.optim.swa_utils.AveragedModel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from genlab import checkpoint, parallel
+from genlab.config import RunConfig
+from genlab.data import Dataset, EpochBatches, InMemory, batches
+from genlab.errors import GenlabError, TrainingStopped
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def ema_avg_fn(decay: float):
+    """EMA with the usual warm-up: the decay is min(decay, (1 + n) / (10 + n)) after n updates."""
+
+    @torch.no_grad()
+    def avg(ema_params, params, num_averaged):
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(ema_params, params, 1 - d)
+
+    return avg
+
+
+def split_batch(batch, k: int):
+    if k == 1:
+        return [batch]
+    return list(zip(*[t.chunk(k) for t in batch]))
+
+
+class StepContext:
+    """What a family's `train_step` uses to take optimizer steps."""
+
+    def __init__(self, optimizers, schedulers, params, grad_clip, grad_accum, autocast_dtype, device_type):
+        self.optimizers, self.schedulers, self.params = optimizers, schedulers, params
+        self.grad_clip, self.grad_accum = grad_clip, grad_accum
+        self.autocast_dtype, self.device_type = autocast_dtype, device_type
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+    def minimize(self, name: str, loss_fn, batch) -> dict[str, float]:
+        """One optimizer step of `name` on loss_fn(batch)["loss"], over grad_accum micro-batches."""
+        params = self.params[name]
+        for p in params:
+            p.grad = None
+        chunks = split_batch(batch, self.grad_accum)
+        logs: dict[str, torch.Tensor] = {}
+        for chunk in chunks:
+            with self.autocast():
+                out = loss_fn(chunk)
+            loss = out["loss"].float()
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"loss of optimizer '{name}' is {loss.item()}")
+            (loss / len(chunks)).backward()
+            for k, v in out.items():
+                logs[k] = logs.get(k, 0) + v.detach().float() / len(chunks)
+        parallel.all_reduce_mean_([p.grad for p in params if p.grad is not None])
+        if self.grad_clip > 0:
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.optimizers[name].step()
+        self.schedulers[name].step()
+        return {k: float(v) for k, v in logs.items()}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GenlabError(f"device {name} requested but CUDA is not available")
+        if name == "cuda" and parallel.world() > 1:
+            name = f"cuda:{parallel.local_rank()}"
+    elif name != "cpu":
+        raise GenlabError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)")
+    return torch.device(name)
+
+
+class MetricsLog:
+    """Appends one JSON object per line; optional TensorBoard or wandb mirror."""
+
+    def __init__(self, path: Path, tracking: str, run_dir: Path, config: dict):
+        self.path = path
+        self.mirror = None
+        if tracking == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise GenlabError("tracking=tensorboard needs the tensorboard package: pip install 'genlab[tracking]'") from None
+            self.mirror = SummaryWriter(str(run_dir / "tensorboard"))
+        elif tracking == "wandb":
+            try:
+                import wandb
+            except ImportError:
+                raise GenlabError("tracking=wandb needs the wandb package: pip install 'genlab[tracking]'") from None
+            self.mirror = wandb.init(project="genlab", name=run_dir.name, config=config, dir=str(run_dir))
+        self.tracking = tracking
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tracking == "tensorboard":
+            for k, v in record.items():
+                if k not in ("step", "split") and isinstance(v, (int, float)):
+                    self.mirror.add_scalar(f"{record['split']}/{k}", v, record["step"])
+        elif self.tracking == "wandb":
+            self.mirror.log({f"{record['split']}/{k}": v for k, v in record.items() if k not in ("step", "split")},
+                            step=record["step"])
+
+    def close(self):
+        if self.tracking == "tensorboard":
+            self.mirror.close()
+        elif self.tracking == "wandb":
+            self.mirror.finish()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The complete lines of a metrics.jsonl (a killed process may leave a partial last line)."""
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop records written after checkpoint `step`, which a resumed run will write again."""
+    if not path.is_file():
+        return
+    keep = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    tmp = path.with_name(".metrics.jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    tmp.replace(path)
+
+
+@contextlib.contextmanager
+def averaged_weights(model, ema: AveragedModel | None):
+    """Temporarily put the EMA weights into the model (for sampling and evaluation)."""
+    if ema is None:
+        yield model
+        return
+    target = model.get_submodule(model.ema_target) if model.ema_target else model
+    saved = {k: v.clone() for k, v in target.state_dict().items()}
+    target.load_state_dict(ema.module.state_dict())
+    try:
+        yield model
+    finally:
+        target.load_state_dict(saved)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: Path, data: Dataset, model, fam, device: torch.device):
+        self.cfg, self.run_dir, self.data, self.model, self.fam, self.device = cfg, run_dir, data, model, fam, device
+        tc = cfg.train
+        self.main = parallel.is_main()
+        n_batches = len(data.train) // tc.batch_size
+        self.total = tc.steps or tc.epochs * n_batches
+        self.sample_every = tc.sample_every or max(1, self.total // 10)
+        self.checkpoint_every = tc.checkpoint_every or max(1, self.total // 10)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.elapsed = self.paused = 0.0
+
+        self.optimizers, self.schedulers = {}, {}
+        groups = model.optimizer_groups()
+        opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+        for name, params in groups.items():
+            kw = {"fused": True} if device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params) else {}
+            self.optimizers[name] = opt_cls(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, **kw)
+            warm = tc.warmup_steps
+            self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizers[name], lambda s, w=warm: min(1.0, (s + 1) / w) if w else 1.0)
+        autocast = None
+        if tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+            autocast = torch.bfloat16
+        self.ctx = StepContext(self.optimizers, self.schedulers, groups, tc.grad_clip, tc.grad_accum, autocast, device.type)
+        if tc.batch_size % (tc.grad_accum * parallel.world()):
+            raise GenlabError(f"batch size {tc.batch_size} must be divisible by grad_accum x processes "
+                              f"({tc.grad_accum} x {parallel.world()})")
+
+        self.ema = None
+        if tc.ema_decay > 0:
+            target = model.get_submodule(model.ema_target) if model.ema_target else model
+            self.ema = AveragedModel(target, multi_avg_fn=ema_avg_fn(tc.ema_decay), use_buffers=True)
+
+        self.sampler = EpochBatches(len(data.train), tc.batch_size, tc.seed, parallel.rank(), parallel.world())
+        # its own generator: a DataLoader otherwise draws a worker seed from the global RNG at every epoch
+        self.loader = torch.utils.data.DataLoader(InMemory(data, "train"), batch_sampler=self.sampler,
+                                                  collate_fn=_identity, num_workers=tc.num_workers,
+                                                  generator=torch.Generator().manual_seed(tc.seed))
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", tc.tracking, run_dir, cfg.to_dict()) if self.main else None
+        self.stop_signal = None
+
+    # -- state -----------------------------------------------------------------
+
+    def state(self) -> tuple[dict, dict]:
+        tensors = {"model": self.model.state_dict()}
+        meta = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed,
+                "family": self.cfg.family, "shape": list(self.data.shape),
+                "num_classes": len(self.data.classes or []), "classes": self.data.classes,
+                "ema_target": self.model.ema_target if self.ema else None,
+                "optimizers": {}, "schedulers": {}}
+        if self.ema is not None:
+            tensors["ema"] = self.ema.state_dict()
+        for name, opt in self.optimizers.items():
+            tensors[f"optim_{name}"], meta["optimizers"][name] = checkpoint.optimizer_state(opt)
+            meta["schedulers"][name] = {k: v for k, v in self.schedulers[name].state_dict().items() if k != "lr_lambdas"}
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors["rng"] = rng
+        return tensors, meta
+
+    def save(self) -> None:
+        if self.main:
+            tensors, meta = self.state()
+            checkpoint.save(self.run_dir / "checkpoints", self.step, tensors, meta, self.cfg.train.keep_checkpoints)
+        parallel.barrier()
+
+    def restore(self, path: Path) -> None:
+        tensors, meta = checkpoint.load(path)
+        checkpoint.load_state(self.model, tensors["model"], f"checkpoint {path}")
+        if self.ema is not None:
+            if "ema" not in tensors:
+                raise GenlabError(f"checkpoint {path} has no EMA weights but the config asks for them")
+            self.ema.load_state_dict(tensors["ema"])
+        for name, opt in self.optimizers.items():
+            if f"optim_{name}" not in tensors and meta["optimizers"].get(name) is None:
+                raise GenlabError(f"checkpoint {path} has no state for optimizer '{name}'")
+            checkpoint.restore_optimizer(opt, tensors.get(f"optim_{name}", {}), meta["optimizers"][name])
+            self.schedulers[name].load_state_dict({**meta["schedulers"][name], "lr_lambdas": [None]})
+        torch.set_rng_state(tensors["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in tensors["rng"]:
+            torch.cuda.set_rng_state(tensors["rng"]["cuda"], self.device)
+        self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+        self.elapsed = meta.get("elapsed", 0.0)
+        if self.main:
+            trim_metrics(self.run_dir / "metrics.jsonl", self.step)
+
+    # -- periodic work -----------------------------------------------------------
+
+    def sample_grid(self, name: str) -> Path:
+        from genlab.viz import save_sample_file
+
+        g = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 1)  # the same noise every time
+        self.model.eval()
+        with averaged_weights(self.model, self.ema):
+            x = self.model.sample(self.cfg.train.n_samples, generator=g)
+        self.model.train()
+        path = self.run_dir / "samples" / f"{name}.png"
+        save_sample_file(path, x)
+        return path
+
+    @torch.no_grad()
+    def evaluate(self, final: bool = False) -> dict[str, float]:
+        """Average `eval_step` over the test set (with the EMA weights), plus the NLL at the end."""
+        self.model.eval()
+        totals, n = {}, 0
+        with averaged_weights(self.model, self.ema), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.train.seed + 2)  # the same evaluation noise every time
+            for x, y in batches(self.data, "test", 256):
+                out = self.model.eval_step((x.to(self.device), y.to(self.device)))
+                for k, v in out.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) * len(x)
+                n += len(x)
+            result = {k: v / n for k, v in totals.items()}
+            if final and hasattr(self.model, "nll"):
+                result.update(likelihood(self.model, self.data, self.cfg.train.final_eval_n, self.device,
+                                         self.cfg.train.seed + 3))
+        self.model.train()
+        return result
+
+    def log(self, split: str, values: dict) -> None:
+        if self.main:
+            self.metrics.write({"step": self.step, "split": split, **{k: _round(v) for k, v in values.items()}})
+
+    # -- the loop ------------------------------------------------------------------
+
+    def fit(self) -> None:
+        from tqdm import tqdm
+
+        tc = self.cfg.train
+        model, device = self.model, self.device
+        model.train()
+        bar = tqdm(total=self.total, initial=self.step, disable=not (tc.progress and self.main), unit="step",
+                   dynamic_ncols=True, file=sys.stderr, desc=f"{self.cfg.family}")
+        acc: dict[str, float] = {}
+        acc_n, t_last, seen = 0, time.perf_counter(), 0
+        old_handlers = self._install_signals()
+        try:
+            while self.step < self.total:
+                self.sampler.set_position(self.epoch, self.batch_in_epoch)
+                for x, y in self.loader:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    if tc.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    if self.cfg.data.flip and x.dim() == 4:
+                        flip = parallel.rand_like(x[:, 0, 0, 0]) < 0.5
+                        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                    try:
+                        logs = model.train_step((x, y), self.ctx)
+                    except NonFiniteLoss as e:
+                        raise TrainingStopped(self._nonfinite_message(str(e)), 1) from None
+                    if self.ema is not None:
+                        self.ema.update_parameters(model.get_submodule(model.ema_target) if model.ema_target else model)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    seen += len(x) * parallel.world()
+                    for k, v in logs.items():
+                        acc[k] = acc.get(k, 0.0) + v
+                    acc_n += 1
+                    bar.update(1)
+                    if self.step % tc.log_every == 0 or self.step == self.total:
+                        now = time.perf_counter()
+                        interval = max(now - t_last - self.paused, 1e-9)
+                        self.elapsed += interval
+                        means = {k: v / acc_n for k, v in acc.items()}
+                        if parallel.world() > 1:
+                            vals = torch.tensor(list(means.values()), dtype=torch.float64)
+                            parallel.all_reduce_mean_([vals])
+                            means = dict(zip(means, vals.tolist()))
+                        self.log("train", {**means, "lr": self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"],
+                                           "img_per_s": seen / interval, "elapsed": self.elapsed})
+                        bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:3]})
+                        acc, acc_n, t_last, seen, self.paused = {}, 0, now, 0, 0.0
+                    self._periodic()
+                    if parallel.any_flag(self.stop_signal is not None):
+                        self.save()
+                        code = 130 if self.stop_signal == signal.SIGINT else 143
+                        raise TrainingStopped(f"stopped by {signal.Signals(self.stop_signal).name} at step {self.step}; "
+                                              f"checkpoint saved; continue with: genlab train --resume {self.run_dir}", code)
+                    if self.step >= self.total:
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+        finally:
+            bar.close()
+            self._restore_signals(old_handlers)
+        if self.main:
+            self.metrics.close()
+
+    def _periodic(self):
+        """Sample grids, test evaluation and checkpoints; their time is not counted as training time."""
+        tc = self.cfg.train
+        t0 = time.perf_counter()
+        sample = self.step % self.sample_every == 0 and self.step < self.total
+        evaluate = tc.eval_every and self.step % tc.eval_every == 0 and self.step < self.total
+        if sample and self.main:
+            self.sample_grid(f"step_{self.step:08d}")
+        if evaluate and self.main:
+            self.log("test", self.evaluate())
+        if sample or evaluate:
+            parallel.barrier()
+        if self.step % self.checkpoint_every == 0 and self.step < self.total:
+            self.save()
+        self.paused += time.perf_counter() - t0
+
+    def _nonfinite_message(self, what: str) -> str:
+        last = checkpoint.latest(self.run_dir / "checkpoints")
+        kept = f"the last good checkpoint ({last.name}) is kept" if last else "no checkpoint was written yet"
+        return (f"{what} at step {self.step + 1}; training stopped and {kept}. "
+                f"Try a lower learning rate (--lr) or gradient clipping (--set train.grad_clip=1).")
+
+    def _install_signals(self):
+        def handler(signum, frame):
+            self.stop_signal = signum
+
+        try:
+            return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread (e.g. called from a notebook's worker thread)
+            return {}
+
+    def _restore_signals(self, old):
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _identity(batch):
+    return batch
+
+
+def _round(v):
+    return round(v, 6) if isinstance(v, float) and math.isfinite(v) else v
+
+
+@torch.no_grad()
+def likelihood(model, data: Dataset, n: int, device, seed: int) -> dict[str, float]:
+    """NLL of up to n test examples in nats per example and bits per dimension."""
+    g = torch.Generator(device).manual_seed(seed)
+    total, count = 0.0, 0
+    limit = len(data.test) if n == 0 else min(n, len(data.test))
+    for x, _ in batches(data, "test", 250):
+        x = x[: limit - count].to(device)
+        total += float(model.nll(x, generator=g).sum())
+        count += len(x)
+        if count >= limit:
+            break
+    dims = math.prod(data.shape)
+    nats = total / count
+    return {"nll_nats": nats, "bpd": nats / (dims * math.log(2)), "nll_n": count}

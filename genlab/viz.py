@@ -1,0 +1,141 @@
+"""Image grids, scatter plots and metric curves (PIL and matplotlib; no torchvision)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def make_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """Tile images (N, C, H, W) with values in [0, 1] into one uint8 array (H', W', C)."""
+    x = x.detach().float().cpu().clamp(0, 1)
+    n, c, h, w = x.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
+    grid = torch.full((c, ncol * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + k * (w + padding)
+        grid[:, top: top + h, left: left + w] = x[i]
+    arr = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return arr[:, :, 0] if c == 1 else arr
+
+
+def save_png(path: str | Path, array: np.ndarray, scale: int = 1) -> None:
+    """Write an image atomically (a temporary file renamed into place)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(array)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    im.save(tmp)
+    os.replace(tmp, path)
+
+
+def save_grid(path: str | Path, x: torch.Tensor, nrow: int | None = None) -> None:
+    """Save a grid of images; small images are enlarged so the file is easy to look at."""
+    arr = make_grid(x, nrow)
+    save_png(path, arr, scale=max(1, 256 // max(arr.shape[0], arr.shape[1]) + 1) if arr.shape[0] < 256 else 1)
+
+
+def _savefig(fig, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def save_scatter(path: str | Path, points, title: str = "", lim: float | None = None, s: float = 2.0) -> None:
+    import matplotlib.pyplot as plt
+
+    p = np.asarray(points)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(p[:, 0], p[:, 1], s=s, alpha=0.6, linewidths=0)
+    if lim:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    _savefig(fig, path)
+
+
+def save_sample_file(path: str | Path, samples: torch.Tensor) -> None:
+    """`.npz` (key `samples`) for other tools, `.png` a grid or, for 2-D points, a scatter plot."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npz":
+        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+        np.savez_compressed(tmp, samples=samples.detach().float().cpu().numpy())
+        os.replace(tmp, path)
+    elif samples.dim() == 2:
+        save_scatter(path, samples.cpu().numpy(), title=f"{len(samples)} samples")
+    else:
+        save_grid(path, samples)
+
+
+def image_table(path: str | Path, rows: list[torch.Tensor], col_titles: list[str], row_titles: list[str] | None = None,
+                title: str = "") -> None:
+    """A figure whose cells are single images: rows[i] is (n_cols, C, H, W) in [0, 1]."""
+    import matplotlib.pyplot as plt
+
+    nr, nc = len(rows), len(col_titles)
+    fig, axes = plt.subplots(nr, nc, figsize=(1.3 * nc + 0.4, 1.3 * nr + 0.5), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(nc):
+            ax = axes[i][j]
+            img = row[j].detach().float().cpu().clamp(0, 1)
+            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(col_titles[j], fontsize=9)
+            if j == 0 and row_titles:
+                ax.set_ylabel(row_titles[i], fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _savefig(fig, path)
+
+
+def plot_curves(path: str | Path, records: list[dict], keys: list[str], title: str = "", logy: bool = False) -> bool:
+    """Plot each key against step for train (smoothed) and test records; False if nothing to plot."""
+    import matplotlib.pyplot as plt
+
+    present = [k for k in keys if any(k in r for r in records)]
+    if not present:
+        return False
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], present):
+        for split, style in (("train", "-"), ("test", "o-")):
+            pts = [(r["step"], r[key]) for r in records if r.get("split") == split and key in r
+                   and r[key] is not None and math.isfinite(r[key])]
+            if not pts:
+                continue
+            steps, vals = map(np.array, zip(*pts))
+            ax.plot(steps, vals, style, label=split, alpha=0.35 if split == "train" and len(vals) > 20 else 1,
+                    markersize=3)
+            if split == "train" and len(vals) > 20:
+                k = max(2, len(vals) // 20)
+                ax.plot(steps[k - 1:], np.convolve(vals, np.ones(k) / k, mode="valid"), "-", color="C0",
+                        label=f"train (mean of {k})")
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        if logy and all(v > 0 for r in records for v in [r.get(key)] if isinstance(v, (int, float))):
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _savefig(fig, path)
+    return True
