@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/genlab train ddpm --dataset digits --image-size 16 --dim-mults 1,2,4 --steps 700 \
-		--lr 2e-3 --warmup-steps 50 --sample-every 350 --progress false
+		--lr 2e-3 --warmup-steps 50 --sample-every 350
 
 test: $(STAMP)
 	$(PY) -m pytest -q
