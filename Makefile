@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/genlab train ddpm --dataset digits --image-size 16 --dim-mults 1,2,4 --steps 700 \
-		--lr 2e-3 --warmup-steps 50 --sample-every 350
+	$(VENV)/bin/genlab train ddpm --dataset digits --image-size 16 --dim-mults 1,2,4 --num-res-blocks 1 --steps 600 \
+		--lr 2e-3 --warmup-steps 50 --sample-every 300
 
 test: $(STAMP)
 	$(PY) -m pytest -q
