@@ -35,6 +35,8 @@ class DataConfig:
     image_size: int = opt(0, "side of the square images the model sees; 0: the data set's own (28 for MNIST) or 32", min=0)
     channels: int = opt(0, "1 or 3 to force grey or colour; 0: the data set's own", min=0, max=3)
     flip: bool = opt(False, "random horizontal flips during training")
+    binarize: bool = opt(False, "binary images: training batches drawn as x ~ Bernoulli(pixel) every time, "
+                                "the test split binarised once with a fixed seed")
     download: bool = opt(True, "download missing files from the canonical source when online")
 
 
@@ -49,6 +51,8 @@ class TrainConfig:
     weight_decay: float = opt(0.0, "weight decay (decoupled for adamw)", min=0.0)
     grad_clip: float = opt(1.0, "clip the global gradient norm to this value (0: off)", min=0.0)
     warmup_steps: int = opt(0, "linear learning-rate warm-up steps", min=0)
+    lr_schedule: str = opt("constant", "after the warm-up: constant, or cosine decay to 0 at the last step",
+                           choices=["constant", "cosine"])
     grad_accum: int = opt(1, "micro-batches per optimizer step", min=1)
     ema_decay: float = opt(0.0, "EMA decay of the weights used for sampling (0: no EMA)", min=0.0, max=1.0)
     precision: str = opt("auto", "fp32, bf16 autocast, or auto (bf16 on CUDA when supported)", choices=["auto", "fp32", "bf16"])
@@ -59,6 +63,7 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     log_every: int = opt(10, "steps between training-metric lines in metrics.jsonl", min=1)
     sample_every: int = opt(0, "steps between sample grids (0: about ten grids per run)", min=0)
+    sample_each_epoch: bool = opt(False, "also a sample grid at the end of every epoch")
     checkpoint_every: int = opt(0, "steps between checkpoints (0: about ten per run)", min=0)
     keep_checkpoints: int = opt(2, "how many recent checkpoints to keep", min=1)
     eval_every: int = opt(0, "steps between test-set evaluations (0: at the end only)", min=0)

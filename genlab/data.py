@@ -37,6 +37,8 @@ class Dataset:
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     classes: list[str] | None = None
+    train_b: torch.Tensor | None = None  # a second, unpaired domain (CycleGAN)
+    test_b: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -402,10 +404,11 @@ def toy_points(name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | N
     raise KeyError(name)
 
 
-def text_points(text: str, n: int, seed: int, height: float = 2.0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def text_points(text: str, n: int, seed: int, height: float = 1.0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Points spread uniformly over `text` rendered in DejaVu Sans Bold; labels = character index.
 
-    The text is centred at the origin and `height` units tall (the capital height).
+    The text is centred at the origin and `height` units tall, as seed 002's CS446 pattern
+    (about 4.5 x 1 for CS446).
     """
     from PIL import Image, ImageDraw, ImageFont
     import matplotlib
@@ -504,6 +507,12 @@ def load_dataset(name: str, data_dir: str | None = None, image_size: int = 0, ch
     return ds
 
 
+def binarize_fixed(x: torch.Tensor, seed: int = 1234) -> torch.Tensor:
+    """x ~ Bernoulli(pixel / 255) with a fixed seed, as uint8 0/255: the same binary test set for every family."""
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed))
+    return ((u < x.float() / 255) * 255).to(torch.uint8)
+
+
 def availability(data_dir: str | None = None) -> list[tuple[str, str, str]]:
     """(name, status, description) of every known data set, for `genlab datasets`."""
     rows = []
@@ -567,6 +576,13 @@ class InMemory(torch.utils.data.Dataset):
         self.x = data.train if split == "train" else data.test
         self.y = data.labels(split)
         self.is_image = data.kind == "image"
+        self.xb = data.train_b if split == "train" else data.test_b
+        if self.xb is not None:
+            # Training: a fixed random partner in the second domain for every example. Batches are
+            # reshuffled every epoch, so the partners that meet in a batch change too. Test: aligned,
+            # so that a known translation can be checked example by example.
+            g = torch.Generator().manual_seed(0)
+            self.partner = torch.randperm(len(self.xb), generator=g) if split == "train" else torch.arange(len(self.xb))
 
     def __len__(self):
         return len(self.x)
@@ -575,7 +591,9 @@ class InMemory(torch.utils.data.Dataset):
         x = self.x[idx]
         x = x.float() / 255 if self.is_image else x
         y = self.y[idx] if self.y is not None else torch.zeros(len(idx), dtype=torch.long)
-        return x, y
+        if self.xb is None:
+            return x, y
+        return x, y, self.xb[self.partner[torch.as_tensor(idx) % len(self.partner)]].float() / 255
 
     def __getitem__(self, i):
         return self.__getitems__([i])

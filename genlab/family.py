@@ -9,7 +9,8 @@ branches on the family.
 
 Each family lives in one module that exposes `Config` (its dataclass),
 `build(cfg, shape, num_classes)`, `figures(model, data, out_dir, cfg, generator)`,
-`TRAIN_DEFAULTS`, `DATA_DEFAULTS` and `DATA_KIND`.
+`TRAIN_DEFAULTS`, `DATA_DEFAULTS` and `DATA_KIND`, and optionally `validate(cfg, data_cfg)`, `prepare(data, run_cfg)` and
+`final_metrics(model, data, cfg, generator)`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class GenerativeModel(nn.Module):
         return ctx.minimize("main", self.loss, batch)
 
     @torch.no_grad()
+    def preview(self, n: int, generator: torch.Generator, data) -> torch.Tensor:
+        """What the sample grids during training show: samples, or for conditional families their outputs."""
+        return self.sample(n, generator=generator)
+
+    @torch.no_grad()
     def eval_step(self, batch) -> dict[str, torch.Tensor]:
         """Test-set quantities of one batch (averaged over batches by the caller)."""
         return self.loss(batch)
@@ -52,6 +58,13 @@ class GenerativeModel(nn.Module):
 # name -> (module, one-line description)
 FAMILIES = {
     "ddpm": ("genlab.ddpm", "denoising diffusion probabilistic model with a U-Net (Ho et al. 2020; seeds 001, 004)"),
+    "cyclegan": ("genlab.cyclegan", "CycleGAN: unpaired translation between two domains with cycle consistency (seed 000)"),
+    "flow": ("genlab.flows", "normalizing flow: RealNVP/Glow multi-scale for images, coupling MLPs for 2-D data (seed 003)"),
+    "gan": ("genlab.gan", "GAN: seed 002's DNet/GNet for MNIST, or a DCGAN for 32x32/64x64 colour images"),
+    "inpaint-gan": ("genlab.inpaint_gan", "GAN inpainting: a U-Net that never sees the hole, masked MSE + adversarial loss (seed 001)"),
+    "made": ("genlab.made", "MADE: masked autoencoder, exact NLL, several orderings/connectivities (seed 003)"),
+    "ncsn": ("genlab.score", "score model with annealed Langevin dynamics: ScoreNet for 2-D data, a U-Net for images (seed 002)"),
+    "vae": ("genlab.vae", "variational autoencoder, conv (seed 003) or MLP, Gaussian or Bernoulli decoder (seeds 003, 004)"),
 }
 
 

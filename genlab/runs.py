@@ -6,10 +6,12 @@ figures/ and report.html. A new run never reuses an existing directory.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from genlab import checkpoint, parallel
@@ -65,6 +67,8 @@ def validate(cfg: RunConfig, fam) -> None:
         raise GenlabError(f"model '{cfg.family}' trains on {fam.DATA_KIND} data, but '{cfg.data.dataset}' is {kind} data")
     if not cfg.train.steps and not cfg.train.epochs:
         raise GenlabError("set either train.steps or train.epochs to a positive number")
+    if hasattr(fam, "validate"):
+        fam.validate(cfg.model, cfg.data)
 
 
 def config_from_dict(d: dict, where: str) -> RunConfig:
@@ -80,6 +84,20 @@ def read_run_config(run: Path) -> RunConfig:
     if not (run / "config.yaml").is_file():
         raise GenlabError(f"{run} is not a genlab run directory (no config.yaml)")
     return config_from_dict(read_yaml(run / "config.yaml"), str(run / "config.yaml"))
+
+
+def prepare_data(cfg: RunConfig):
+    """The run's data set at the model's size; with data.binarize, a fixed binary test split."""
+    from genlab.data import binarize_fixed
+
+    data = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.image_size, cfg.data.channels,
+                        cfg.data.download, getattr(family(cfg.family), "IMAGE_SIZE", 32))
+    if cfg.data.binarize:
+        if data.kind != "image":
+            raise GenlabError("data.binarize applies to images only")
+        data.test = binarize_fixed(data.test)
+    fam = family(cfg.family)
+    return fam.prepare(data, cfg) if hasattr(fam, "prepare") else data
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -131,8 +149,7 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
         if device.type == "cuda":
             torch.cuda.set_device(device)
         fam = family(cfg.family)
-        data = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.image_size, cfg.data.channels,
-                            cfg.data.download, getattr(fam, "IMAGE_SIZE", 32))
+        data = prepare_data(cfg)
         torch.manual_seed(cfg.train.seed)
         net = fam.build(cfg.model, data.shape, len(data.classes or [])).to(device)
         parallel.broadcast_parameters(net)
@@ -175,16 +192,19 @@ def finish(trainer) -> None:
     run_dir, cfg = trainer.run_dir, trainer.cfg
     print(f"evaluating on the test set ({len(trainer.data.test)} examples)...", flush=True)
     result = trainer.evaluate(final=True)
-    trainer.log("test", result)
-    trainer.sample_grid("final")
     g = torch.Generator(trainer.device).manual_seed(cfg.train.seed + 4)
     trainer.model.eval()
     with averaged_weights(trainer.model, trainer.ema):
+        if hasattr(trainer.fam, "final_metrics"):
+            result.update(trainer.fam.final_metrics(trainer.model, trainer.data, cfg.model, g))
+        trainer.log("test", result)
+        trainer.sample_grid("final")
         trainer.fam.figures(trainer.model, trainer.data, run_dir / "figures", cfg.model, g)
     records = read_metrics(run_dir / "metrics.jsonl")
-    plot_curves(run_dir / "figures" / "loss.png", records, ["loss"], title="training loss")
-    other = sorted({k for r in records for k in r if k not in ("step", "split", "loss", "lr", "img_per_s", "elapsed",
-                                                               "nll_n", "grad_norm")})
+    losses = ["loss", "loss_d", "loss_g"]
+    plot_curves(run_dir / "figures" / "loss.png", records, losses, title="training loss")
+    other = sorted({k for r in records for k in r if k not in ("step", "split", "lr", "img_per_s", "elapsed",
+                                                               "nll_n", "grad_norm", "k", *losses)})
     if other:
         plot_curves(run_dir / "figures" / "curves.png", records, other[:6])
     write_report(run_dir)
@@ -230,7 +250,7 @@ def sample(run_or_model, n: int = 64, seed: int = 0, device: str = "cpu", progre
 
 
 def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str = "cpu", seed: int = 0,
-             log: bool = True) -> dict[str, float]:
+             log: bool = True, k: int | None = None) -> dict[str, float]:
     """Test-set metrics of a trained run; appended to its metrics.jsonl (split "eval") when `log`."""
     import json
 
@@ -239,9 +259,7 @@ def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str =
 
     model = load(run, device=device)
     cfg = model.config
-    fam = family(cfg.family)
-    data = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.image_size, cfg.data.channels,
-                        cfg.data.download, getattr(fam, "IMAGE_SIZE", 32))
+    data = prepare_data(cfg)
     known = {"loss", "nll"}
     for m in metrics:
         if m not in known:
@@ -251,20 +269,69 @@ def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str =
     if "loss" in metrics:
         torch.manual_seed(seed)
         totals, count = {}, 0
-        for x, y in batches(data, "test", 256):
-            x, y = x[: limit - count].to(device), y[: limit - count].to(device)
-            for k, v in model.eval_step((x, y)).items():
-                totals[k] = totals.get(k, 0.0) + float(v) * len(x)
-            count += len(x)
+        for batch in batches(data, "test", 256):
+            batch = tuple(t[: limit - count].to(device) for t in batch)
+            for name, v in model.eval_step(batch).items():
+                totals[name] = totals.get(name, 0.0) + float(v) * len(batch[0])
+            count += len(batch[0])
             if count >= limit:
                 break
-        result.update({k: v / count for k, v in totals.items()})
+        result.update({name: v / count for name, v in totals.items()})
     if "nll" in metrics:
         if not hasattr(model, "nll"):
             raise GenlabError(f"model '{cfg.family}' has no likelihood (nll)")
-        result.update(likelihood(model, data, limit, torch.device(device), seed))
+        if k and "k" not in inspect.signature(model.nll).parameters:
+            raise GenlabError(f"--k applies to importance-weighted bounds; model '{cfg.family}' has none")
+        result.update(likelihood(model, data, limit, torch.device(device), seed, **({"k": k} if k else {})))
     if log:
         with open(Path(run) / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": model.step, "split": "eval", **{k: v for k, v in result.items()
                                                                         if not isinstance(v, float) or math.isfinite(v)}}) + "\n")
     return result
+
+
+def read_image(path: str | Path, shape) -> torch.Tensor:
+    """An image file as (1, C, H, W) floats in [0, 1], resized and centre-cropped to the model's shape."""
+    from PIL import Image
+
+    from genlab.data import _resize_crop
+
+    C, H, W = shape
+    try:
+        with Image.open(path) as im:
+            im = _resize_crop(im.convert("L" if C == 1 else "RGB"), H)
+    except (OSError, ValueError) as e:
+        raise GenlabError(f"cannot read image {path}: {e}") from None
+    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255)
+    return (x[None, None] if C == 1 else x.permute(2, 0, 1)[None]).contiguous()
+
+
+def box_mask(text: str, shape) -> torch.Tensor:
+    """A (1, 1, H, W) mask, 1 inside the box 'x,y,w,h' (pixels of the image as the model sees it)."""
+    _, H, W = shape
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise GenlabError(f"--box expects x,y,w,h in pixels, got {text!r}") from None
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > W or y + h > H:
+        raise GenlabError(f"--box {text} does not fit inside the model's {W}x{H} image")
+    m = torch.zeros(1, 1, H, W)
+    m[..., y: y + h, x: x + w] = 1
+    return m
+
+
+def inpaint(run: str | Path, image: str | Path, mask: str | Path | None = None, box: str | None = None,
+            seed: int = 0, device: str = "cpu") -> torch.Tensor:
+    """Fill the masked pixels of an image with a trained model; returns (C, H, W) in [0, 1].
+
+    The mask is a file (white = missing) or a box 'x,y,w,h'; both refer to the image resized to the model's size.
+    """
+    if (mask is None) == (box is None):
+        raise GenlabError("give exactly one of --mask FILE or --box x,y,w,h")
+    model = load(run, device=device)
+    if not hasattr(model, "inpaint"):
+        raise GenlabError(f"model '{model.config.family}' cannot inpaint")
+    x = read_image(image, model.data_shape).to(device)
+    m = (read_image(mask, (1, *model.data_shape[1:])) > 0.5).float() if mask else box_mask(box, model.data_shape)
+    g = torch.Generator(device).manual_seed(seed)
+    return model.inpaint(x, m.to(device), generator=g)[0]

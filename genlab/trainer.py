@@ -38,12 +38,28 @@ def ema_avg_fn(decay: float):
     """EMA with the usual warm-up: the decay is min(decay, (1 + n) / (10 + n)) after n updates."""
 
     @torch.no_grad()
-    def avg(ema_params, params, num_averaged):
+    def avg(ema_params, params, num_averaged):  # called once per (device, dtype) group
+        if not ema_params[0].is_floating_point():  # counters such as BatchNorm's num_batches_tracked
+            torch._foreach_copy_(ema_params, params)
+            return
         n = float(num_averaged)
         d = min(decay, (1 + n) / (10 + n))
         torch._foreach_lerp_(ema_params, params, 1 - d)
 
     return avg
+
+
+def lr_factor(warmup: int, schedule: str, total: int):
+    """Learning-rate multiplier after s steps: linear warm-up, then constant or cosine decay to 0."""
+
+    def factor(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total - warmup))))
+        return 1.0
+
+    return factor
 
 
 def split_batch(batch, k: int):
@@ -184,7 +200,7 @@ class Trainer:
         self.main = parallel.is_main()
         n_batches = len(data.train) // tc.batch_size
         self.total = tc.steps or tc.epochs * n_batches
-        self.sample_every = tc.sample_every or max(1, self.total // 10)
+        self.sample_every = tc.sample_every or (0 if tc.sample_each_epoch else max(1, self.total // 10))
         self.checkpoint_every = tc.checkpoint_every or max(1, self.total // 10)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.elapsed = self.paused = 0.0
@@ -195,9 +211,8 @@ class Trainer:
         for name, params in groups.items():
             kw = {"fused": True} if device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params) else {}
             self.optimizers[name] = opt_cls(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, **kw)
-            warm = tc.warmup_steps
             self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizers[name], lambda s, w=warm: min(1.0, (s + 1) / w) if w else 1.0)
+                self.optimizers[name], lr_factor(tc.warmup_steps, tc.lr_schedule, self.total))
         autocast = None
         if tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
             autocast = torch.bfloat16
@@ -271,10 +286,11 @@ class Trainer:
         from genlab.viz import save_sample_file
 
         g = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 1)  # the same noise every time
+        was_training = self.model.training
         self.model.eval()
         with averaged_weights(self.model, self.ema):
-            x = self.model.sample(self.cfg.train.n_samples, generator=g)
-        self.model.train()
+            x = self.model.preview(self.cfg.train.n_samples, g, self.data)
+        self.model.train(was_training)
         path = self.run_dir / "samples" / f"{name}.png"
         save_sample_file(path, x)
         return path
@@ -282,20 +298,21 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, final: bool = False) -> dict[str, float]:
         """Average `eval_step` over the test set (with the EMA weights), plus the NLL at the end."""
+        was_training = self.model.training
         self.model.eval()
         totals, n = {}, 0
         with averaged_weights(self.model, self.ema), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.cfg.train.seed + 2)  # the same evaluation noise every time
-            for x, y in batches(self.data, "test", 256):
-                out = self.model.eval_step((x.to(self.device), y.to(self.device)))
+            for batch in batches(self.data, "test", 256):
+                out = self.model.eval_step(tuple(t.to(self.device) for t in batch))
                 for k, v in out.items():
-                    totals[k] = totals.get(k, 0.0) + float(v) * len(x)
-                n += len(x)
+                    totals[k] = totals.get(k, 0.0) + float(v) * len(batch[0])
+                n += len(batch[0])
             result = {k: v / n for k, v in totals.items()}
             if final and hasattr(self.model, "nll"):
                 result.update(likelihood(self.model, self.data, self.cfg.train.final_eval_n, self.device,
                                          self.cfg.train.seed + 3))
-        self.model.train()
+        self.model.train(was_training)
         return result
 
     def log(self, split: str, values: dict) -> None:
@@ -318,15 +335,14 @@ class Trainer:
         try:
             while self.step < self.total:
                 self.sampler.set_position(self.epoch, self.batch_in_epoch)
-                for x, y in self.loader:
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    if tc.channels_last and x.dim() == 4:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    if self.cfg.data.flip and x.dim() == 4:
-                        flip = parallel.rand_like(x[:, 0, 0, 0]) < 0.5
-                        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                for batch in self.loader:
+                    batch = [t.to(device, non_blocking=True) for t in batch]
+                    images = [0] + list(range(2, len(batch)))  # batch = (x, labels[, x of the second domain])
+                    for i in images:
+                        batch[i] = self.augment(batch[i])
+                    x = batch[0]
                     try:
-                        logs = model.train_step((x, y), self.ctx)
+                        logs = model.train_step(tuple(batch), self.ctx)
                     except NonFiniteLoss as e:
                         raise TrainingStopped(self._nonfinite_message(str(e)), 1) from None
                     if self.ema is not None:
@@ -362,17 +378,33 @@ class Trainer:
                 else:
                     self.epoch += 1
                     self.batch_in_epoch = 0
+                    if tc.sample_each_epoch and self.main:
+                        t0 = time.perf_counter()
+                        self.sample_grid(f"epoch_{self.epoch:04d}")
+                        self.paused += time.perf_counter() - t0
         finally:
             bar.close()
             self._restore_signals(old_handlers)
         if self.main:
             self.metrics.close()
 
+    def augment(self, x):
+        """Dynamic binarisation, random flips and the memory layout of a training batch."""
+        tc = self.cfg.train
+        if self.cfg.data.binarize:  # a fresh binary image every time
+            x = (parallel.rand_like(x) < x).to(x.dtype)
+        if self.cfg.data.flip and x.dim() == 4:
+            flip = parallel.rand_like(x[:, 0, 0, 0]) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if tc.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def _periodic(self):
         """Sample grids, test evaluation and checkpoints; their time is not counted as training time."""
         tc = self.cfg.train
         t0 = time.perf_counter()
-        sample = self.step % self.sample_every == 0 and self.step < self.total
+        sample = self.sample_every and self.step % self.sample_every == 0 and self.step < self.total
         evaluate = tc.eval_every and self.step % tc.eval_every == 0 and self.step < self.total
         if sample and self.main:
             self.sample_grid(f"step_{self.step:08d}")
@@ -413,17 +445,19 @@ def _round(v):
 
 
 @torch.no_grad()
-def likelihood(model, data: Dataset, n: int, device, seed: int) -> dict[str, float]:
+def likelihood(model, data: Dataset, n: int, device, seed: int, **kwargs) -> dict[str, float]:
     """NLL of up to n test examples in nats per example and bits per dimension."""
     g = torch.Generator(device).manual_seed(seed)
     total, count = 0.0, 0
     limit = len(data.test) if n == 0 else min(n, len(data.test))
-    for x, _ in batches(data, "test", 250):
+    for x, *_ in batches(data, "test", 250):
         x = x[: limit - count].to(device)
-        total += float(model.nll(x, generator=g).sum())
+        total += float(model.nll(x, generator=g, **kwargs).sum())
         count += len(x)
         if count >= limit:
             break
-    dims = math.prod(data.shape)
     nats = total / count
-    return {"nll_nats": nats, "bpd": nats / (dims * math.log(2)), "nll_n": count}
+    out = {"nll_nats": nats, "nll_n": count, **kwargs}
+    if data.kind == "image":
+        out["bpd"] = nats / (math.prod(data.shape) * math.log(2))
+    return out

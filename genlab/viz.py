@@ -47,6 +47,11 @@ def save_grid(path: str | Path, x: torch.Tensor, nrow: int | None = None) -> Non
     save_png(path, arr, scale=max(1, 256 // max(arr.shape[0], arr.shape[1]) + 1) if arr.shape[0] < 256 else 1)
 
 
+def save_image(path: str | Path, x: torch.Tensor) -> None:
+    """One image (C, H, W) in [0, 1] as a PNG of exactly its size."""
+    save_png(path, make_grid(x[None], nrow=1, padding=0))
+
+
 def _savefig(fig, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 

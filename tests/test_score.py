@@ -1,0 +1,159 @@
+"""Score models against independent oracles: Algorithm 1 by hand, analytic scores of Gaussians and mixtures."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from scipy.linalg import solve_discrete_lyapunov
+
+import genlab
+from genlab.cli import main
+from genlab.score import ScoreNet, annealed_langevin, conditional_score, dsm_loss, geometric_sigmas, mode_coverage
+
+
+def test_geometric_sigmas():
+    s = geometric_sigmas(0.3, 0.01, 10)
+    assert s[0].item() == pytest.approx(0.3) and s[-1].item() == pytest.approx(0.01)
+    ratios = s[:-1] / s[1:]
+    assert torch.allclose(ratios, ratios[0].expand(9), rtol=1e-5)
+
+
+def test_scorenet_is_the_seed_architecture():
+    net = ScoreNet()
+    kinds = [type(m).__name__ for m in net.net]
+    assert kinds.count("Linear") == 8 and kinds.count("Softplus") == 7
+    assert kinds == ["Linear", "Softplus"] * 7 + ["Linear"]
+    assert net.net[0].in_features == 3 and net.net[-1].out_features == 2  # inputs x (2) and sigma
+    x, sigma = torch.randn(5, 2), torch.full((5,), 0.2)
+    assert torch.allclose(net(x, sigma), net.net(torch.cat([x, sigma[:, None]], 1)) / 0.2)
+
+
+def test_dsm_loss_is_algorithm_1_by_hand():
+    torch.manual_seed(0)
+    x = torch.randn(6, 2)
+    sigmas = geometric_sigmas(1.0, 0.1, 4)
+    score = lambda xt, s: -xt * s[:, None]  # noqa: E731  any fixed function of (x~, sigma)
+    torch.manual_seed(1)
+    loss = dsm_loss(score, x, sigmas).item()
+    torch.manual_seed(1)  # the same draws: the sigma index, then z
+    idx, z = torch.randint(0, 4, (6,)), torch.randn(6, 2)
+    total = 0.0
+    for i in range(6):
+        sigma = sigmas[idx[i]].item()
+        xt = x[i] + sigma * z[i]
+        s = -xt * sigma
+        lam = sigma ** 2
+        total += lam / 2 * float(((s + (xt - x[i]) / sigma ** 2) ** 2).sum())
+    assert loss == pytest.approx(total / 6, rel=1e-5)
+
+
+def mixture_score(weights, means, s):
+    """The exact score of sum_k w_k N(mu_k, (s^2 + sigma^2) I) in 2-D."""
+
+    def score(x, sigma):
+        var = s ** 2 + sigma[:, None] ** 2  # (B, 1)
+        d2 = ((x[:, None, :] - means[None]) ** 2).sum(-1)  # (B, K)
+        logr = torch.log(weights)[None] - d2 / (2 * var)
+        r = torch.softmax(logr, 1)
+        return (r[:, :, None] * (means[None] - x[:, None, :])).sum(1) / var
+
+    return score
+
+
+def test_annealed_langevin_recovers_mixture_weights_and_moments():
+    weights = torch.tensor([0.2, 0.3, 0.5])
+    means = torch.tensor([[-3.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    s = 0.3
+    score = mixture_score(weights, means, s)
+    sigmas = geometric_sigmas(7.0, 0.01, 12)  # sigma_1 above the largest distance between modes
+    g = torch.Generator().manual_seed(0)
+    n = 6000
+    x = annealed_langevin(score, torch.randn(n, 2, generator=g), sigmas, eps=5e-5, T=200, generator=g)
+    k = torch.cdist(x, means).argmin(1)
+    share = torch.bincount(k, minlength=3).float() / n
+    np.testing.assert_allclose(share, weights, atol=0.03)  # MC standard error ~ 0.007
+    for j in range(3):
+        pts = x[k == j]
+        np.testing.assert_allclose(pts.mean(0), means[j], atol=0.03)
+        np.testing.assert_allclose(pts.std(0), [s, s], rtol=0.1)
+
+
+def test_conditional_sampling_matches_the_gaussian_posterior():
+    """Seed 002 Q2.5 with the exact score of N(mu, Sigma): observe x_1 = a, sample x_2.
+
+    The target at sigma is p_sigma(x) exp(-lambda/2 (x_1 - a)^2): a Gaussian with precision
+    P = (Sigma + sigma^2 I)^-1 + diag(lambda, 0). Unadjusted Langevin with step alpha leaves it with the
+    same mean and the covariance C that solves C = (I - alpha P) C (I - alpha P)^T + 2 alpha I.
+    """
+    mu = torch.tensor([0.5, -1.0])
+    cov = torch.tensor([[1.0, 0.8], [0.8, 1.0]])
+    a, lam = 1.5, 20.0
+
+    def score(x, sigma):
+        prec = torch.linalg.inv(cov + sigma[0] ** 2 * torch.eye(2))
+        return -(x - mu) @ prec
+
+    known = torch.tensor([a, 0.0]).expand(8000, 2)
+    mask = torch.tensor([1.0, 0.0])  # M: x_1 is observed
+    sigmas = torch.tensor([0.3, 0.1])  # alpha_i lambda < 2 at every level, so that Langevin is stable
+    eps, T = 0.005, 3000
+    g = torch.Generator().manual_seed(0)
+    x = annealed_langevin(conditional_score(score, known, mask, lam), torch.randn(8000, 2, generator=g), sigmas, eps,
+                          T, g).double()
+    sigma_L = sigmas[-1].item()
+    P = np.linalg.inv(cov.double().numpy() + sigma_L ** 2 * np.eye(2)) + np.diag([lam, 0.0])
+    mean = np.linalg.solve(P, np.linalg.inv(cov.double().numpy() + sigma_L ** 2 * np.eye(2)) @ mu.double().numpy()
+                           + np.array([lam * a, 0.0]))
+    alpha = eps  # eps * sigma_L^2 / sigma_L^2 at the last level
+    A = np.eye(2) - alpha * P
+    C = solve_discrete_lyapunov(A, 2 * alpha * np.eye(2))
+    np.testing.assert_allclose(x.mean(0).numpy(), mean, atol=0.03)
+    np.testing.assert_allclose(np.cov(x.numpy().T), C, atol=0.03, rtol=0.06)
+    assert abs(x[:, 0].mean().item() - a) < 0.1  # the known coordinate is held near its value
+
+
+def test_mode_coverage_counts_characters():
+    data = genlab.data.load_dataset("text:CS446")
+    perfect = mode_coverage(data.test[:1000], data, radius=0.05)
+    assert perfect["near"] > 0.99 and perfect["share_error"] < 0.03
+    only_c = data.train[data.train_labels == 0][:1000]
+    skewed = mode_coverage(only_c, data, radius=0.05)
+    assert skewed["share_0_C"] == 1.0 and skewed["share_error"] > 0.5
+    far = mode_coverage(torch.full((10, 2), 50.0), data, radius=0.05)
+    assert far["near"] == 0.0
+
+
+def test_ncsn_2d_end_to_end(tmp_path):
+    run = tmp_path / "ncsn"
+    model = genlab.train("ncsn", out=run, dataset="text:CS446", steps=30, batch_size=256, langevin_steps=3,
+                         progress=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert 4.0 < cfg["model"]["sigma_max"] < 5.0  # the largest distance between training points
+    assert {"score_field.png", "langevin_steps.png", "samples.png", "trajectories.png"} <= \
+        {p.name for p in (run / "figures").iterdir()}
+    test = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert {"near", "share_error", "share_0_C"} <= test.keys()
+    final, traj = model.sample(7, return_traj=True)
+    assert final.shape == (7, 2) and traj.shape == (10 * 3, 7, 2) and torch.equal(traj[-1], final)
+    x = torch.tensor([[0.5, 0.2]])
+    out = model.inpaint(x, torch.tensor([[0.0, 1.0]]), paste=False)  # x_1 known, x_2 missing
+    assert out.shape == (1, 2)
+
+
+def test_ncsn_images_end_to_end_and_inpaint(tmp_path):
+    run = tmp_path / "ncsn"
+    genlab.train("ncsn", out=run, dataset="digits", image_size=8, dim=8, dim_mults=[1, 2], steps=3, batch_size=16,
+                 langevin_steps=2, progress=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["sigma_max"] == 1.0
+    assert {"samples.png", "langevin_levels.png", "inpaint.png"} <= {p.name for p in (run / "figures").iterdir()}
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "img.png")
+    assert main(["inpaint", str(run), "--image", str(tmp_path / "img.png"), "--box", "2,2,3,3",
+                 "-o", str(tmp_path / "out.png")]) == 0
+    done = np.asarray(Image.open(tmp_path / "out.png"))
+    assert done[0, 0] == 200 and math.isfinite(float(done.mean()))
