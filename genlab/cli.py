@@ -110,7 +110,8 @@ def cmd_eval(a) -> int:
     from genlab.runs import evaluate
 
     metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
-    result = evaluate(a.run, metrics, n=a.n, device=_device(a.device), seed=a.seed, k=a.k)
+    result = evaluate(a.run, metrics, n=a.n, device=_device(a.device), seed=a.seed, k=a.k, features=a.features,
+                      samples=a.samples)
     width = max(len(k) for k in result)
     for k, v in result.items():
         print(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
@@ -188,8 +189,13 @@ def build_parser() -> Parser:
 
     e = sub.add_parser("eval", help="evaluate a trained run on its test set")
     e.add_argument("run", metavar="RUN")
-    e.add_argument("--metrics", default="loss,nll", help="comma-separated: loss, nll (default: loss,nll)")
-    e.add_argument("--n", type=int, default=0, help="test examples to use (default: all)")
+    e.add_argument("--metrics", default="loss,nll",
+                   help="comma-separated: loss, nll (test set); fid, kid, pr, is (samples) (default: loss,nll)")
+    e.add_argument("--n", type=int, default=0, help="test examples (default: all) or samples (default: 10000)")
+    e.add_argument("--features", default="auto", choices=["auto", "inception", "domain"],
+                   help="features for fid/kid/pr/is: the FID Inception, or an offline domain classifier "
+                        "(reported as domain_*); auto: Inception when its weights are at hand")
+    e.add_argument("--samples", metavar="FILE.npz", help="evaluate these samples (key 'samples') instead of drawing new ones")
     e.add_argument("--k", type=int, help="importance samples for likelihood bounds (vae; default: the model's)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")

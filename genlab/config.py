@@ -67,6 +67,10 @@ class TrainConfig:
     checkpoint_every: int = opt(0, "steps between checkpoints (0: about ten per run)", min=0)
     keep_checkpoints: int = opt(2, "how many recent checkpoints to keep", min=1)
     eval_every: int = opt(0, "steps between test-set evaluations (0: at the end only)", min=0)
+    fid_every: int = opt(0, "steps between sample-quality checks during training (seed 001's fid; 0: off)", min=0)
+    fid_n: int = opt(1000, "samples per sample-quality check", min=10)
+    fid_features: str = opt("auto", "features for those checks: inception (FID), domain (an offline classifier) "
+                                    "or auto", choices=["auto", "inception", "domain"])
     n_samples: int = opt(64, "images in each sample grid", min=1)
     final_eval_n: int = opt(1000, "test examples for the likelihood at the end of training (0: all)", min=0)
     progress: bool = opt(True, "show a progress bar")

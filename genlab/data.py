@@ -74,25 +74,31 @@ def search_dirs(data_dir: str | None) -> list[Path]:
     return dirs
 
 
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
+def file_hash(path: Path, algorithm: str = "md5") -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-def download(url: str, dest: Path, md5: str) -> None:
-    """Fetch `url` into `dest` atomically, refusing a file whose md5 differs."""
+def md5sum(path: Path) -> str:
+    return file_hash(path, "md5")
+
+
+def download(url: str, dest: Path, md5: str | None = None, sha256_prefix: str | None = None) -> None:
+    """Fetch `url` into `dest` atomically, refusing a file whose md5 (or sha256 prefix) differs."""
     if os.environ.get("GENLAB_OFFLINE"):
         raise OSError("offline ($GENLAB_OFFLINE is set)")
+    print(f"downloading {url}", file=sys.stderr)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=20) as r:
             while chunk := r.read(1 << 20):
                 out.write(chunk)
-        if md5sum(Path(tmp)) != md5:
+        if (md5 and md5sum(Path(tmp)) != md5) or (
+                sha256_prefix and not file_hash(Path(tmp), "sha256").startswith(sha256_prefix)):
             raise OSError(f"checksum mismatch for {url}")
         os.replace(tmp, dest)
     finally:
@@ -146,7 +152,6 @@ def _download_from(mirrors, fname, dest, md5):
     last = None
     for base in mirrors:
         try:
-            print(f"downloading {base}{fname}", file=sys.stderr)
             return download(base + fname, dest, md5)
         except OSError as e:
             last = e

@@ -133,7 +133,7 @@ def unsqueeze(x):
     return x.view(B, C // 4, 2, 2, H, W).permute(0, 1, 4, 2, 5, 3).reshape(B, C // 4, 2 * H, 2 * W)
 
 
-def checkerboard(channels: int, h: int, w: int, parity: int) -> torch.Tensor:
+def checkerboard_mask(channels: int, h: int, w: int, parity: int) -> torch.Tensor:
     ij = torch.arange(h)[:, None] + torch.arange(w)[None, :]
     return ((ij + parity) % 2).float().expand(1, channels, h, w).clone()
 
@@ -188,35 +188,38 @@ class MLPNet(nn.Module):
 class MultiScaleFlow(nn.Module):
     """RealNVP's multi-scale architecture with Glow steps.
 
-    Each scale but the last: `steps` checkerboard couplings, a squeeze, `steps` steps of
-    (actnorm, 1x1 conv, channel coupling), then half the channels leave as latents.
-    The last scale: `steps` checkerboard couplings and an actnorm. Sides must halve evenly.
+    At each scale: `checkerboard` checkerboard couplings; then, but at the last scale, a squeeze;
+    `steps` Glow steps (actnorm, 1x1 conv, channel coupling); and, but at the last scale, half the
+    channels leave as latents. checkerboard = 0 gives Glow's architecture. Sides must halve evenly.
     """
 
-    def __init__(self, shape, scales: int = 2, steps: int = 3, hidden: int = 64, blocks: int = 2):
+    def __init__(self, shape, scales: int = 2, steps: int = 3, hidden: int = 64, blocks: int = 2,
+                 checkerboard: int = 3):
         super().__init__()
         C, H, W = shape
         self.stages = nn.ModuleList()  # per scale: the layers before the split
         self.split_shapes = []
         seed = 0
         for scale in range(scales):
-            layers = []
             last = scale == scales - 1
-            for k in range(steps + (1 if last else 0)):
-                layers.append(AffineCoupling(checkerboard(C, H, W, k % 2), ConvNet(C + C, 2 * C, hidden, blocks)))
-            if last:
-                layers.append(ActNorm(C))
-            else:
+            layers = [AffineCoupling(checkerboard_mask(C, H, W, k % 2), ConvNet(2 * C, 2 * C, hidden, blocks))
+                      for k in range(checkerboard)]
+            if not last:
                 if H % 2 or W % 2:
                     raise GenlabError(f"{scales} scales need image sides divisible by {2 ** (scales - 1)}; got {H}x{W}")
                 layers.append(Squeeze())
                 C, H, W = 4 * C, H // 2, W // 2
-                for k in range(steps):
-                    seed += 1
-                    layers += [ActNorm(C), InvConv1x1(C, seed),
-                               AffineCoupling(channel_mask(C, H, W, k % 2), ConvNet(C + C, 2 * C, hidden, blocks))]
+            for k in range(steps if C >= 2 else 0):
+                seed += 1
+                layers += [ActNorm(C), InvConv1x1(C, seed),
+                           AffineCoupling(channel_mask(C, H, W, k % 2), ConvNet(2 * C, 2 * C, hidden, blocks))]
+            if last:
+                layers.append(ActNorm(C))
+            else:
                 self.split_shapes.append((C // 2, H, W))
                 C = C - C // 2
+            if not any(isinstance(m, AffineCoupling) for m in layers):
+                raise GenlabError("a flow scale without coupling layers: raise checkerboard_steps or coupling_steps")
             self.stages.append(nn.ModuleList(layers))
         self.final_shape = (C, H, W)
 
@@ -292,7 +295,8 @@ class CouplingFlow2d(nn.Module):
 @dataclass
 class Config:
     scales: int = opt(2, "image flows: scales (each but the last squeezes and factors out half)", min=1)
-    coupling_steps: int = opt(3, "image flows: coupling steps per stage", min=1)
+    coupling_steps: int = opt(3, "image flows: Glow steps (actnorm, 1x1 conv, channel coupling) per scale", min=0)
+    checkerboard_steps: int = opt(3, "image flows: checkerboard couplings per scale (0: Glow's architecture)", min=0)
     hidden: int = opt(64, "width of the coupling networks", min=1)
     blocks: int = opt(2, "image flows: residual blocks per coupling network", min=0)
     layers_2d: int = opt(8, "2-D flows: coupling layers", min=1)
@@ -307,11 +311,11 @@ IMAGE_SIZE = 32
 
 
 class Flow(GenerativeModel):
-    def __init__(self, shape, scales=2, steps=3, hidden=64, blocks=2, layers_2d=8, logit_alpha=1e-3):
+    def __init__(self, shape, scales=2, steps=3, hidden=64, blocks=2, layers_2d=8, logit_alpha=1e-3, checkerboard=3):
         super().__init__()
         self.shape, self.alpha = tuple(shape), logit_alpha
         self.image = len(shape) == 3
-        self.flow = MultiScaleFlow(shape, scales, steps, hidden, blocks) if self.image else \
+        self.flow = MultiScaleFlow(shape, scales, steps, hidden, blocks, checkerboard) if self.image else \
             CouplingFlow2d(shape[0], layers_2d, hidden)
 
     def preprocess(self, x, noise):
@@ -359,7 +363,8 @@ class Flow(GenerativeModel):
 
 
 def build(cfg: Config, shape, num_classes=0) -> Flow:
-    return Flow(shape, cfg.scales, cfg.coupling_steps, cfg.hidden, cfg.blocks, cfg.layers_2d, cfg.logit_alpha)
+    return Flow(shape, cfg.scales, cfg.coupling_steps, cfg.hidden, cfg.blocks, cfg.layers_2d, cfg.logit_alpha,
+                cfg.checkerboard_steps)
 
 
 @torch.no_grad()

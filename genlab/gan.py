@@ -150,7 +150,7 @@ class Config:
 
 
 TRAIN_DEFAULTS = {"batch_size": 256, "lr": 2e-4, "epochs": 30, "steps": 0, "grad_clip": 0.0, "betas": [0.9, 0.999],
-                  "sample_each_epoch": True}
+                  "sample_each_epoch": True, "channels_last": True}
 DATA_DEFAULTS = {"dataset": "mnist"}
 DATA_KIND = "image"
 IMAGE_SIZE = 32
@@ -230,12 +230,8 @@ def check_shape(cfg: Config, shape) -> None:
         raise GenlabError(f"the DCGAN takes 32x32 or 64x64 images, this data set gives {shape[-1]}x{shape[-1]}")
 
 
-@torch.no_grad()
-def figures(model: GAN, data, out_dir, cfg: Config, generator: torch.Generator) -> list[str]:
+def figures(model, data, out_dir, cfg: Config, generator: torch.Generator) -> list[str]:
     """A 10 x 10 grid of samples next to 100 real test images."""
-    from genlab.viz import save_grid
+    from genlab.viz import samples_beside_data
 
-    paths = [f"{out_dir}/samples.png", f"{out_dir}/real.png"]
-    save_grid(paths[0], model.sample(100, generator=generator), nrow=10)
-    save_grid(paths[1], data.floats("test")[:100], nrow=10)
-    return paths
+    return samples_beside_data(model, data, out_dir, generator)

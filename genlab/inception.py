@@ -12,12 +12,7 @@ Written by hand because torchvision does not load here.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import sys
-import tempfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from genlab.data import cache_dir, search_dirs
+from genlab.data import cache_dir, download, file_hash, search_dirs
 from genlab.errors import GenlabError
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -243,31 +238,6 @@ def clean_resize(images, size: int = 299) -> torch.Tensor:
 # Weights
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _download(url: str, dest: Path) -> None:
-    """Fetch `url` into `dest` atomically, refusing a file without the published sha256 prefix."""
-    # genlab.data.download checks a full md5, which is not published for this file
-    print(f"downloading {url}", file=sys.stderr)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=20) as r:
-            shutil.copyfileobj(r, out, 1 << 20)
-        if not _sha256(Path(tmp)).startswith(WEIGHTS_SHA256_PREFIX):
-            raise OSError(f"checksum mismatch for {url}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def load_fid_inception(path: str | os.PathLike | None = None, device="cpu") -> FIDInception:
     """The FID Inception with pytorch-fid's weights, in eval mode and without gradients.
 
@@ -281,7 +251,7 @@ def load_fid_inception(path: str | os.PathLike | None = None, device="cpu") -> F
     found, corrupt = None, None
     for candidate in where:
         if candidate.is_file():
-            if _sha256(candidate).startswith(WEIGHTS_SHA256_PREFIX):
+            if file_hash(candidate, "sha256").startswith(WEIGHTS_SHA256_PREFIX):
                 found = candidate
                 break
             corrupt = corrupt or candidate
@@ -289,7 +259,7 @@ def load_fid_inception(path: str | os.PathLike | None = None, device="cpu") -> F
         reason = "downloads are off ($GENLAB_OFFLINE is set)"
         if not os.environ.get("GENLAB_OFFLINE"):
             try:
-                _download(WEIGHTS_URL, cache_dir() / WEIGHTS_NAME)
+                download(WEIGHTS_URL, cache_dir() / WEIGHTS_NAME, sha256_prefix=WEIGHTS_SHA256_PREFIX)
                 found = cache_dir() / WEIGHTS_NAME
             except OSError as e:
                 reason = f"download failed: {' '.join(str(e).split())}"  # one line

@@ -182,12 +182,8 @@ def validate(cfg: Config, data_cfg) -> None:
         raise GenlabError("binarised images take --output bernoulli; the categorical output models grey levels")
 
 
-@torch.no_grad()
-def figures(model: MADE, data, out_dir, cfg: Config, generator: torch.Generator) -> list[str]:
+def figures(model, data, out_dir, cfg: Config, generator: torch.Generator) -> list[str]:
     """100 samples (in the first mask's ordering) beside 100 test images."""
-    from genlab.viz import save_grid
+    from genlab.viz import samples_beside_data
 
-    paths = [f"{out_dir}/samples.png", f"{out_dir}/test_images.png"]
-    save_grid(paths[0], model.sample(100, generator=generator), nrow=10)
-    save_grid(paths[1], data.floats("test")[:100], nrow=10)
-    return paths
+    return samples_beside_data(model, data, out_dir, generator)

@@ -192,6 +192,8 @@ def finish(trainer) -> None:
     run_dir, cfg = trainer.run_dir, trainer.cfg
     print(f"evaluating on the test set ({len(trainer.data.test)} examples)...", flush=True)
     result = trainer.evaluate(final=True)
+    if trainer.features is not None:
+        result.update(trainer.sample_quality())
     g = torch.Generator(trainer.device).manual_seed(cfg.train.seed + 4)
     trainer.model.eval()
     with averaged_weights(trainer.model, trainer.ema):
@@ -207,6 +209,10 @@ def finish(trainer) -> None:
                                                                "nll_n", "grad_norm", "k", *losses)})
     if other:
         plot_curves(run_dir / "figures" / "curves.png", records, other[:6])
+    if cfg.train.fid_every:
+        from genlab.evaluation import fid_curve
+
+        fid_curve(run_dir / "figures" / "fid.png", records)
     write_report(run_dir)
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
     print(f"done: {run_dir} (test: {summary})\nreport: {run_dir / 'report.html'}")
@@ -250,20 +256,26 @@ def sample(run_or_model, n: int = 64, seed: int = 0, device: str = "cpu", progre
 
 
 def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str = "cpu", seed: int = 0,
-             log: bool = True, k: int | None = None) -> dict[str, float]:
-    """Test-set metrics of a trained run; appended to its metrics.jsonl (split "eval") when `log`."""
+             log: bool = True, k: int | None = None, features: str = "auto",
+             samples: str | Path | torch.Tensor | None = None) -> dict[str, float]:
+    """Metrics of a trained run, appended to its metrics.jsonl (split "eval") when `log`.
+
+    loss and nll use n test examples (0: all); fid, kid, pr and is use n samples (0: 10,000), drawn
+    from the model or given as an array / .npz file (key "samples", (N, C, H, W) in [0, 1]).
+    """
     import json
 
     from genlab.data import batches
+    from genlab.evaluation import SAMPLE_METRICS, choose_features, log_stderr, sample_metrics
     from genlab.trainer import likelihood
 
-    model = load(run, device=device)
-    cfg = model.config
-    data = prepare_data(cfg)
-    known = {"loss", "nll"}
+    known = {"loss", "nll", *SAMPLE_METRICS}
     for m in metrics:
         if m not in known:
             raise GenlabError(f"unknown metric '{m}' (available: {', '.join(sorted(known))})")
+    model = load(run, device=device)
+    cfg = model.config
+    data = prepare_data(cfg)
     result: dict[str, float] = {}
     limit = len(data.test) if n == 0 else min(n, len(data.test))
     if "loss" in metrics:
@@ -283,9 +295,21 @@ def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str =
         if k and "k" not in inspect.signature(model.nll).parameters:
             raise GenlabError(f"--k applies to importance-weighted bounds; model '{cfg.family}' has none")
         result.update(likelihood(model, data, limit, torch.device(device), seed, **({"k": k} if k else {})))
+    wanted = [m for m in metrics if m in SAMPLE_METRICS]
+    if wanted:
+        if samples is None:
+            x = sample(model, n or 10000, seed=seed, progress=True).cpu()
+        elif isinstance(samples, torch.Tensor):
+            x = samples
+        else:
+            try:
+                x = torch.from_numpy(np.load(samples)["samples"]).float()
+            except (OSError, KeyError, ValueError) as e:
+                raise GenlabError(f"cannot read samples from {samples}: {e}") from None
+        result.update(sample_metrics(x, data, choose_features(features, data, device, log_stderr), wanted))
     if log:
         with open(Path(run) / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": model.step, "split": "eval", **{k: v for k, v in result.items()
+            f.write(json.dumps({"step": model.step, "split": "eval", **{k_: v for k_, v in result.items()
                                                                         if not isinstance(v, float) or math.isfinite(v)}}) + "\n")
     return result
 

@@ -233,6 +233,12 @@ class Trainer:
                                                   generator=torch.Generator().manual_seed(tc.seed))
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", tc.tracking, run_dir, cfg.to_dict()) if self.main else None
         self.stop_signal = None
+        self.features = None
+        if tc.fid_every and self.main:
+            from genlab.evaluation import choose_features, log_stderr, reference_features
+
+            self.features = choose_features(tc.fid_features, data, device, log_stderr)
+            reference_features(self.features, data)  # computed (or read) now, not in the middle of training
 
     # -- state -----------------------------------------------------------------
 
@@ -314,6 +320,20 @@ class Trainer:
                                          self.cfg.train.seed + 3))
         self.model.train(was_training)
         return result
+
+    @torch.no_grad()
+    def sample_quality(self) -> dict[str, float]:
+        """FID (or the domain distance) of fid_n samples drawn with the same noise every time."""
+        from genlab.evaluation import sample_metrics
+
+        g = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 5)
+        was_training = self.model.training
+        self.model.eval()
+        with averaged_weights(self.model, self.ema):
+            n = self.cfg.train.fid_n
+            x = torch.cat([self.model.sample(min(250, n - i), generator=g).cpu() for i in range(0, n, 250)])
+        self.model.train(was_training)
+        return sample_metrics(x, self.data, self.features, which=("fid",))
 
     def log(self, split: str, values: dict) -> None:
         if self.main:
@@ -406,11 +426,14 @@ class Trainer:
         t0 = time.perf_counter()
         sample = self.sample_every and self.step % self.sample_every == 0 and self.step < self.total
         evaluate = tc.eval_every and self.step % tc.eval_every == 0 and self.step < self.total
+        quality = tc.fid_every and self.step % tc.fid_every == 0 and self.step < self.total
         if sample and self.main:
             self.sample_grid(f"step_{self.step:08d}")
         if evaluate and self.main:
             self.log("test", self.evaluate())
-        if sample or evaluate:
+        if quality and self.main:
+            self.log("test", self.sample_quality())
+        if sample or evaluate or quality:
             parallel.barrier()
         if self.step % self.checkpoint_every == 0 and self.step < self.total:
             self.save()

@@ -47,6 +47,15 @@ def save_grid(path: str | Path, x: torch.Tensor, nrow: int | None = None) -> Non
     save_png(path, arr, scale=max(1, 256 // max(arr.shape[0], arr.shape[1]) + 1) if arr.shape[0] < 256 else 1)
 
 
+@torch.no_grad()
+def samples_beside_data(model, data, out_dir, generator, n: int = 100) -> list[str]:
+    """Two 10 x 10 grids: n samples, and n test images to compare them with."""
+    paths = [f"{out_dir}/samples.png", f"{out_dir}/test_images.png"]
+    save_grid(paths[0], model.sample(n, generator=generator), nrow=10)
+    save_grid(paths[1], data.floats("test")[:n], nrow=10)
+    return paths
+
+
 def save_image(path: str | Path, x: torch.Tensor) -> None:
     """One image (C, H, W) in [0, 1] as a PNG of exactly its size."""
     save_png(path, make_grid(x[None], nrow=1, padding=0))

@@ -1,9 +1,12 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("GENLAB_OFFLINE", "1")  # tests never touch the network
+# one cache for the whole session (domain classifiers, reference features), never the user's
+os.environ["GENLAB_CACHE"] = tempfile.mkdtemp(prefix="genlab-test-cache-")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 SHARED = Path(os.environ.get("GENLAB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -9,7 +9,7 @@ from scipy.stats import multivariate_normal
 
 import genlab
 from genlab.flows import (ActNorm, AffineCoupling, ConvNet, CouplingFlow2d, Flow, InvConv1x1, MLPNet, MultiScaleFlow,
-                          Squeeze, checkerboard, channel_mask)
+                          Squeeze, checkerboard_mask, channel_mask)
 
 
 def randomize(module, std=0.3):
@@ -22,12 +22,13 @@ def randomize(module, std=0.3):
 
 
 def layers_to_check():
-    yield "checkerboard", randomize(AffineCoupling(checkerboard(2, 4, 4, 1), ConvNet(4, 4, 8, 1))), (2, 4, 4)
+    yield "checkerboard", randomize(AffineCoupling(checkerboard_mask(2, 4, 4, 1), ConvNet(4, 4, 8, 1))), (2, 4, 4)
     yield "channel", randomize(AffineCoupling(channel_mask(4, 2, 2, 0), ConvNet(8, 8, 8, 1))), (4, 2, 2)
     yield "actnorm", randomize(ActNorm(3)), (3, 2, 2)
     yield "invconv", randomize(InvConv1x1(3)), (3, 2, 2)
     yield "squeeze", Squeeze(), (2, 4, 4)
     yield "multiscale", randomize(MultiScaleFlow((1, 4, 4), scales=2, steps=2, hidden=8, blocks=1), 0.1), (1, 4, 4)
+    yield "glow", randomize(MultiScaleFlow((2, 4, 4), scales=2, steps=1, hidden=8, blocks=0, checkerboard=0), 0.1), (2, 4, 4)
     yield "2d", randomize(CouplingFlow2d(2, 4, 16)), (2,)
 
 

@@ -121,7 +121,7 @@ def test_gan_trains_with_a_grid_each_epoch(tmp_path):
     assert (run / "samples" / "epoch_0001.png").is_file() and (run / "samples" / "final.png").is_file()
     rec = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"loss_d", "loss_g", "d_real", "d_fake"} <= rec[0].keys()
-    assert {"samples.png", "loss.png", "curves.png"} <= {p.name for p in (run / "figures").iterdir()}
+    assert {"samples.png", "test_images.png", "loss.png", "curves.png"} <= {p.name for p in (run / "figures").iterdir()}
 
 
 def test_seed_gan_on_mnist(tmp_path):

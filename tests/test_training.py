@@ -37,7 +37,7 @@ def test_run_directory_layout(tiny_run):
     cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
     assert cfg["family"] == "ddpm" and cfg["model"]["time_steps"] == 10 and cfg["train"]["steps"] == 8
     records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
-    assert all("step" in r and r["split"] in ("train", "test") for r in records)
+    assert all("step" in r and r["split"] in ("train", "test", "eval") for r in records)
     test = [r for r in records if r["split"] == "test"][-1]
     assert test["step"] == 8 and np.isfinite(test["loss"]) and 0 < test["bpd"] < 20
     ckpt = sorted((tiny_run / "checkpoints").iterdir())[-1]
