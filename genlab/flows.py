@@ -303,8 +303,9 @@ class Config:
     logit_alpha: float = opt(1e-3, "images: y -> logit(alpha + (1 - 2 alpha) y) before the flow", min=0.0, max=0.49)
 
 
-TRAIN_DEFAULTS = {"batch_size": 64, "lr": 1e-3, "steps": 5000, "grad_clip": 100.0, "warmup_steps": 200,
+TRAIN_DEFAULTS = {"batch_size": 256, "lr": 1e-3, "steps": 5000, "grad_clip": 100.0, "warmup_steps": 200,
                   "final_eval_n": 0}
+TRAIN_DEFAULTS_BY_KIND = {"image": {"batch_size": 64, "steps": 10000}}
 DATA_DEFAULTS = {"dataset": "moons"}
 DATA_KIND = "any"
 IMAGE_SIZE = 32

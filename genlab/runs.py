@@ -38,7 +38,6 @@ def make_config(model: str | None = None, config: str | Path | None = None, sets
     if unknown:
         raise GenlabError(f"config file {config}: unknown section(s) {', '.join(sorted(unknown))}")
     data = build(DataConfig, fam.DATA_DEFAULTS, "data.")
-    train = build(TrainConfig, fam.TRAIN_DEFAULTS, "train.")
     mcfg = fam.Config()
     sections = {"data": DataConfig, "train": TrainConfig, "model": fam.Config}
     explicit: dict[str, dict] = {s: dict(file_values.get(s) or {}) for s in SECTIONS}
@@ -51,9 +50,12 @@ def make_config(model: str | None = None, config: str | Path | None = None, sets
         explicit[owners[0]][key] = value
     for s, vals in parse_sets(list(sets), sections).items():
         explicit[s].update(vals)
+    update(data, explicit["data"], "data.")
+    # families that take both images and 2-D points have training defaults for each kind
+    by_kind = getattr(fam, "TRAIN_DEFAULTS_BY_KIND", {}).get(kind_of(data.dataset), {})
+    train = build(TrainConfig, {**fam.TRAIN_DEFAULTS, **by_kind}, "train.")
     if "epochs" in explicit["train"] and "steps" not in explicit["train"]:
         train.steps = 0  # asking for epochs replaces the family's default number of steps
-    update(data, explicit["data"], "data.")
     update(train, explicit["train"], "train.")
     update(mcfg, explicit["model"], "model.")
     cfg = RunConfig(name, data, train, mcfg)
@@ -186,7 +188,7 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
 def finish(trainer) -> None:
     """The end of a run: test metrics, the final sample grid, every figure and the report."""
     from genlab.report import write_report
-    from genlab.trainer import averaged_weights, read_metrics
+    from genlab.trainer import evaluation_mode, read_metrics
     from genlab.viz import plot_curves
 
     run_dir, cfg = trainer.run_dir, trainer.cfg
@@ -195,8 +197,7 @@ def finish(trainer) -> None:
     if trainer.features is not None:
         result.update(trainer.sample_quality())
     g = torch.Generator(trainer.device).manual_seed(cfg.train.seed + 4)
-    trainer.model.eval()
-    with averaged_weights(trainer.model, trainer.ema):
+    with evaluation_mode(trainer.model, trainer.ema):
         if hasattr(trainer.fam, "final_metrics"):
             result.update(trainer.fam.final_metrics(trainer.model, trainer.data, cfg.model, g))
         trainer.log("test", result)
@@ -265,9 +266,8 @@ def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str =
     """
     import json
 
-    from genlab.data import batches
     from genlab.evaluation import SAMPLE_METRICS, choose_features, log_stderr, sample_metrics
-    from genlab.trainer import likelihood
+    from genlab.trainer import likelihood, test_averages
 
     known = {"loss", "nll", *SAMPLE_METRICS}
     for m in metrics:
@@ -280,15 +280,7 @@ def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str =
     limit = len(data.test) if n == 0 else min(n, len(data.test))
     if "loss" in metrics:
         torch.manual_seed(seed)
-        totals, count = {}, 0
-        for batch in batches(data, "test", 256):
-            batch = tuple(t[: limit - count].to(device) for t in batch)
-            for name, v in model.eval_step(batch).items():
-                totals[name] = totals.get(name, 0.0) + float(v) * len(batch[0])
-            count += len(batch[0])
-            if count >= limit:
-                break
-        result.update({name: v / count for name, v in totals.items()})
+        result.update(test_averages(model, data, device, limit))
     if "nll" in metrics:
         if not hasattr(model, "nll"):
             raise GenlabError(f"model '{cfg.family}' has no likelihood (nll)")

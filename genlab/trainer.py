@@ -193,6 +193,33 @@ def averaged_weights(model, ema: AveragedModel | None):
         target.load_state_dict(saved)
 
 
+@contextlib.contextmanager
+def evaluation_mode(model, ema: AveragedModel | None):
+    """eval() and the EMA weights for the duration; the model's mode and weights come back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with averaged_weights(model, ema):
+            yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def test_averages(model, data: Dataset, device, limit: int = 0) -> dict[str, float]:
+    """`eval_step` averaged over the first `limit` test examples (0: all), weighted by batch size."""
+    totals, n = {}, 0
+    limit = limit or len(data.test)
+    for batch in batches(data, "test", 256):
+        batch = tuple(t[: limit - n].to(device) for t in batch)
+        for k, v in model.eval_step(batch).items():
+            totals[k] = totals.get(k, 0.0) + float(v) * len(batch[0])
+        n += len(batch[0])
+        if n >= limit:
+            break
+    return {k: v / n for k, v in totals.items()}
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, data: Dataset, model, fam, device: torch.device):
         self.cfg, self.run_dir, self.data, self.model, self.fam, self.device = cfg, run_dir, data, model, fam, device
@@ -292,11 +319,8 @@ class Trainer:
         from genlab.viz import save_sample_file
 
         g = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 1)  # the same noise every time
-        was_training = self.model.training
-        self.model.eval()
-        with averaged_weights(self.model, self.ema):
+        with evaluation_mode(self.model, self.ema):
             x = self.model.preview(self.cfg.train.n_samples, g, self.data)
-        self.model.train(was_training)
         path = self.run_dir / "samples" / f"{name}.png"
         save_sample_file(path, x)
         return path
@@ -304,21 +328,13 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, final: bool = False) -> dict[str, float]:
         """Average `eval_step` over the test set (with the EMA weights), plus the NLL at the end."""
-        was_training = self.model.training
-        self.model.eval()
-        totals, n = {}, 0
-        with averaged_weights(self.model, self.ema), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        devices = [self.device] if self.device.type == "cuda" else []
+        with evaluation_mode(self.model, self.ema), torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.train.seed + 2)  # the same evaluation noise every time
-            for batch in batches(self.data, "test", 256):
-                out = self.model.eval_step(tuple(t.to(self.device) for t in batch))
-                for k, v in out.items():
-                    totals[k] = totals.get(k, 0.0) + float(v) * len(batch[0])
-                n += len(batch[0])
-            result = {k: v / n for k, v in totals.items()}
+            result = test_averages(self.model, self.data, self.device)
             if final and hasattr(self.model, "nll"):
                 result.update(likelihood(self.model, self.data, self.cfg.train.final_eval_n, self.device,
                                          self.cfg.train.seed + 3))
-        self.model.train(was_training)
         return result
 
     @torch.no_grad()
@@ -327,12 +343,9 @@ class Trainer:
         from genlab.evaluation import sample_metrics
 
         g = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 5)
-        was_training = self.model.training
-        self.model.eval()
-        with averaged_weights(self.model, self.ema):
+        with evaluation_mode(self.model, self.ema):
             n = self.cfg.train.fid_n
             x = torch.cat([self.model.sample(min(250, n - i), generator=g).cpu() for i in range(0, n, 250)])
-        self.model.train(was_training)
         return sample_metrics(x, self.data, self.features, which=("fid",))
 
     def log(self, split: str, values: dict) -> None:

@@ -148,7 +148,8 @@ def plot_curves(path: str | Path, records: list[dict], keys: list[str], title: s
         ax.set_title(key)
         if logy and all(v > 0 for r in records for v in [r.get(key)] if isinstance(v, (int, float))):
             ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     _savefig(fig, path)

@@ -37,3 +37,10 @@ def test_make_config_precedence(tmp_path):
 def test_make_config_rejects_mismatched_data():
     with pytest.raises(GenlabError, match="points data"):
         genlab.make_config("ddpm", dataset="moons")
+
+
+def test_training_defaults_follow_the_kind_of_data():
+    assert genlab.make_config("ncsn").train.batch_size == 1024  # 2-D points: text:CS446
+    images = genlab.make_config("ncsn", dataset="digits")
+    assert images.train.batch_size == 64 and images.train.steps == 6000
+    assert genlab.make_config("ncsn", dataset="digits", batch_size=8).train.batch_size == 8

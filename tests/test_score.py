@@ -137,7 +137,7 @@ def test_ncsn_2d_end_to_end(tmp_path):
     test = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert {"near", "share_error", "share_0_C"} <= test.keys()
     final, traj = model.sample(7, return_traj=True)
-    assert final.shape == (7, 2) and traj.shape == (10 * 3, 7, 2) and torch.equal(traj[-1], final)
+    assert final.shape == (7, 2) and traj.shape == (20 * 3, 7, 2) and torch.equal(traj[-1], final)
     x = torch.tensor([[0.5, 0.2]])
     out = model.inpaint(x, torch.tensor([[0.0, 1.0]]), paste=False)  # x_1 known, x_2 missing
     assert out.shape == (1, 2)
