@@ -51,9 +51,11 @@ def make_config(model: str | None = None, config: str | Path | None = None, sets
     for s, vals in parse_sets(list(sets), sections).items():
         explicit[s].update(vals)
     update(data, explicit["data"], "data.")
-    # families that take both images and 2-D points have training defaults for each kind
-    by_kind = getattr(fam, "TRAIN_DEFAULTS_BY_KIND", {}).get(kind_of(data.dataset), {})
-    train = build(TrainConfig, {**fam.TRAIN_DEFAULTS, **by_kind}, "train.")
+    # families that take both images and 2-D points have defaults for each kind
+    kind = kind_of(data.dataset)
+    train = build(TrainConfig, {**fam.TRAIN_DEFAULTS, **getattr(fam, "TRAIN_DEFAULTS_BY_KIND", {}).get(kind, {})},
+                  "train.")
+    update(mcfg, getattr(fam, "MODEL_DEFAULTS_BY_KIND", {}).get(kind, {}), "model.")
     if "epochs" in explicit["train"] and "steps" not in explicit["train"]:
         train.steps = 0  # asking for epochs replaces the family's default number of steps
     update(train, explicit["train"], "train.")

@@ -93,9 +93,11 @@ class ScoreNet(nn.Module):
 class ScoreUNet(nn.Module):
     """A noise-conditional U-Net: s(x, sigma) = unet(x, c(sigma)) / sigma, c maps the ladder onto [0, 1000]."""
 
-    def __init__(self, channels: int, sigma_max: float, sigma_min: float, dim: int, dim_mults, attn_levels: int):
+    def __init__(self, channels: int, sigma_max: float, sigma_min: float, dim: int, dim_mults, attn_levels: int,
+                 num_res_blocks: int = 1):
         super().__init__()
-        self.unet = UNet(channels, dim=dim, dim_mults=tuple(dim_mults), attn_levels=attn_levels)
+        self.unet = UNet(channels, dim=dim, dim_mults=tuple(dim_mults), num_res_blocks=num_res_blocks,
+                         attn_levels=attn_levels)
         self.log_min, self.log_range = math.log(sigma_min), math.log(sigma_max) - math.log(sigma_min)
 
     def forward(self, x, sigma):
@@ -109,20 +111,23 @@ class Config:
                                 "2-D data, 1 for images)", min=0.0)
     sigma_min: float = opt(0.01, "smallest noise level (seed 002: 0.01)", min=0.0)
     num_sigmas: int = opt(20, "noise levels L (seed 002: 10 from 0.3; from the data's extent, 20 keep its "
-                              "spacing where the noise is small)", min=2)
+                              "spacing where the noise is small; images: 10 from 1)", min=2)
     langevin_steps: int = opt(100, "Langevin steps T per noise level (seed 002: 100)", min=1)
     langevin_eps: float = opt(2e-5, "Langevin step-size parameter eps (seed 002: 2e-5)", min=0.0)
     hidden: int = opt(128, "ScoreNet width (2-D data)", min=1)
-    dim: int = opt(32, "U-Net base width (images)", min=1)
+    dim: int = opt(16, "U-Net base width (images)", min=1)
     dim_mults: list[int] = opt([1, 2, 2], "U-Net width multipliers (images)", min=1)
+    num_res_blocks: int = opt(1, "U-Net residual blocks per resolution (images)", min=1)
     attn_levels: int = opt(1, "U-Net self-attention in this many lowest levels (images)", min=0)
     inpaint_lambda: float = opt(0.0, "lambda of the conditional score for inpainting (0: 20 for 2-D data, "
                                      "5 for images)", min=0.0)
 
 
 TRAIN_DEFAULTS = {"batch_size": 1024, "lr": 3e-3, "steps": 10000, "grad_clip": 0.0, "ema_decay": 0.999}
-TRAIN_DEFAULTS_BY_KIND = {"image": {"batch_size": 64, "lr": 5e-4, "steps": 6000, "grad_clip": 1.0,
-                                    "warmup_steps": 200}}
+# images: a U-Net small enough for a CPU; each sample grid costs L x T = 1000 network evaluations
+TRAIN_DEFAULTS_BY_KIND = {"image": {"batch_size": 64, "lr": 1e-3, "steps": 4000, "grad_clip": 1.0,
+                                    "warmup_steps": 200, "sample_every": 2000, "n_samples": 36}}
+MODEL_DEFAULTS_BY_KIND = {"image": {"num_sigmas": 10}}  # L = 10 from sigma 1 to 0.01 (Song and Ermon 2019)
 DATA_DEFAULTS = {"dataset": "text:CS446"}
 DATA_KIND = "any"
 IMAGE_SIZE = 32
@@ -130,7 +135,7 @@ IMAGE_SIZE = 32
 
 class NCSN(GenerativeModel):
     def __init__(self, shape, sigma_max, sigma_min=0.01, num_sigmas=10, langevin_steps=100, langevin_eps=2e-5,
-                 hidden=128, dim=32, dim_mults=(1, 2, 2), attn_levels=1, inpaint_lambda=0.0):
+                 hidden=128, dim=16, dim_mults=(1, 2, 2), attn_levels=1, inpaint_lambda=0.0, num_res_blocks=1):
         super().__init__()
         self.shape = tuple(shape)
         self.T, self.eps = langevin_steps, langevin_eps
@@ -138,7 +143,7 @@ class NCSN(GenerativeModel):
         if len(shape) == 1:
             self.net = ScoreNet(shape[0], hidden)
         else:
-            self.net = ScoreUNet(shape[0], sigma_max, sigma_min, dim, dim_mults, attn_levels)
+            self.net = ScoreUNet(shape[0], sigma_max, sigma_min, dim, dim_mults, attn_levels, num_res_blocks)
         self.inpaint_lambda = inpaint_lambda or (20.0 if len(shape) == 1 else 5.0)
 
     def score(self, x, sigma):
@@ -197,7 +202,7 @@ def build(cfg: Config, shape, num_classes=0) -> NCSN:
     if cfg.sigma_max == 0:
         raise GenlabError("sigma_max is unresolved (0); it is set from the data when training starts")
     return NCSN(shape, cfg.sigma_max, cfg.sigma_min, cfg.num_sigmas, cfg.langevin_steps, cfg.langevin_eps, cfg.hidden,
-                cfg.dim, cfg.dim_mults, cfg.attn_levels, cfg.inpaint_lambda)
+                cfg.dim, cfg.dim_mults, cfg.attn_levels, cfg.inpaint_lambda, cfg.num_res_blocks)
 
 
 # ---------------------------------------------------------------------------

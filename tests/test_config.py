@@ -42,5 +42,7 @@ def test_make_config_rejects_mismatched_data():
 def test_training_defaults_follow_the_kind_of_data():
     assert genlab.make_config("ncsn").train.batch_size == 1024  # 2-D points: text:CS446
     images = genlab.make_config("ncsn", dataset="digits")
-    assert images.train.batch_size == 64 and images.train.steps == 6000
+    assert images.train.batch_size == 64 and images.train.steps == 4000
+    assert genlab.make_config("ncsn").model.num_sigmas == 20 and images.model.num_sigmas == 10
     assert genlab.make_config("ncsn", dataset="digits", batch_size=8).train.batch_size == 8
+    assert genlab.make_config("ncsn", dataset="digits", num_sigmas=4).model.num_sigmas == 4
