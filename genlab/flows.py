@@ -13,9 +13,11 @@ Layers (each `forward(x) -> (y, log_det)` and `inverse(y) -> x`):
 - actnorm: a per-channel affine map initialised from the first batch
 - invertible 1x1 convolution, LU-parameterised so that log |det W| = sum log |s|
 - squeeze (space to depth) and the multi-scale split that factors out half the channels
-8-bit images are dequantised with uniform noise, y = (x 255 + u) / 256, and passed through a
-logit; -log P(x) <= -E_u log p(y) + D log 256, reported in nats and bits/dim. 2-D flows (coupling
-layers with MLP conditioners) draw density heat-maps of the toy sets.
+8-bit images are dequantised, y = (x 255 + u) / 256, and passed through a logit. With uniform u,
+-log P(x) <= -E_u log p(y) + D log 256; with variational dequantisation (Ho et al. 2019, Flow++,
+arXiv:1902.00275) u ~ q(u | x) is learned and -log P(x) <= E_q[-log p(y) + log q(u | x)] + D log 256,
+a bound that training tightens. Reported in nats and bits/dim. 2-D flows (coupling layers with MLP
+conditioners) draw density heat-maps of the toy sets.
 """
 
 from __future__ import annotations
@@ -181,6 +183,36 @@ class MLPNet(nn.Module):
         return self.net(x)
 
 
+class Dequantiser(nn.Module):
+    """q(u | x) on (0, 1)^D: u = sigmoid(mu(x) + exp(log_s(x)) eps), eps ~ N(0, I).
+
+    log q(u | x) = log N(eps) - sum log_s - sum log sigmoid'(a), a = mu + exp(log_s) eps, since
+    du/deps = exp(log_s) sigmoid'(a) elementwise; sigmoid'(a) = sigmoid(a) sigmoid(-a).
+    """
+
+    def __init__(self, channels: int, hidden: int, blocks: int):
+        super().__init__()
+        self.net = ConvNet(channels, 2 * channels, hidden, blocks)
+
+    def params(self, x):
+        mu, log_s = self.net(2 * x - 1).chunk(2, dim=1)
+        return mu, 3 * torch.tanh(log_s / 3)  # scales within (e^-3, e^3)
+
+    def forward(self, x, eps):
+        """(u, log q(u | x)) for the standard normal draws eps."""
+        mu, log_s = self.params(x)
+        a = mu + log_s.exp() * eps
+        log_q = standard_normal_logp(eps) - (log_s + F.logsigmoid(a) + F.logsigmoid(-a)).flatten(1).sum(1)
+        return torch.sigmoid(a), log_q
+
+    def log_q(self, x, u):
+        """log q(u | x) of given u, by inverting the map."""
+        mu, log_s = self.params(x)
+        a = torch.log(u) - torch.log1p(-u)
+        eps = (a - mu) / log_s.exp()
+        return standard_normal_logp(eps) - (log_s + F.logsigmoid(a) + F.logsigmoid(-a)).flatten(1).sum(1)
+
+
 # ---------------------------------------------------------------------------
 # Flows
 
@@ -301,6 +333,8 @@ class Config:
     blocks: int = opt(2, "image flows: residual blocks per coupling network", min=0)
     layers_2d: int = opt(8, "2-D flows: coupling layers", min=1)
     logit_alpha: float = opt(1e-3, "images: y -> logit(alpha + (1 - 2 alpha) y) before the flow", min=0.0, max=0.49)
+    dequantise: str = opt("uniform", "images: u ~ U(0, 1), or a learned q(u | x) (Flow++'s variational "
+                                     "dequantisation)", choices=["uniform", "variational"])
 
 
 TRAIN_DEFAULTS = {"batch_size": 256, "lr": 1e-3, "steps": 5000, "grad_clip": 100.0, "warmup_steps": 200,
@@ -312,16 +346,36 @@ IMAGE_SIZE = 32
 
 
 class Flow(GenerativeModel):
-    def __init__(self, shape, scales=2, steps=3, hidden=64, blocks=2, layers_2d=8, logit_alpha=1e-3, checkerboard=3):
+    def __init__(self, shape, scales=2, steps=3, hidden=64, blocks=2, layers_2d=8, logit_alpha=1e-3, checkerboard=3,
+                 dequantise="uniform"):
         super().__init__()
         self.shape, self.alpha = tuple(shape), logit_alpha
         self.image = len(shape) == 3
         self.flow = MultiScaleFlow(shape, scales, steps, hidden, blocks, checkerboard) if self.image else \
             CouplingFlow2d(shape[0], layers_2d, hidden)
+        self.dequantiser = Dequantiser(shape[0], hidden, 1) if self.image and dequantise == "variational" else None
+
+    def dequantisation_noise(self, x, generator=None):
+        """The noise `dequantise` takes: uniform u itself, or the standard normal eps of q(u | x)."""
+        if generator is None:
+            return parallel.rand_like(x) if self.dequantiser is None else parallel.randn_like(x)
+        draw = torch.rand if self.dequantiser is None else torch.randn
+        return draw(x.shape, generator=generator, device=x.device)
+
+    def dequantise(self, x, noise):
+        """(u in (0, 1)^D, log q(u | x)): log q = 0 for uniform dequantisation."""
+        if self.dequantiser is None:
+            return noise, torch.zeros(x.shape[0], device=x.device)
+        return self.dequantiser(x, noise)
 
     def preprocess(self, x, noise):
-        """8-bit images in [0, 1] -> dequantised y = (255 x + u) / 256 -> logit space; returns (v, log |dv/dy|)."""
-        return self.logit(x * 255 / 256 + noise / 256)
+        """8-bit images in [0, 1] -> dequantised y = (255 x + u) / 256 -> logit space.
+
+        Returns (v, log |dv/dy| - log q(u | x)).
+        """
+        u, log_q = self.dequantise(x, noise)
+        v, log_det = self.logit(x * 255 / 256 + u / 256)
+        return v, log_det - log_q
 
     def logit(self, y):
         """v = logit(alpha + (1 - 2 alpha) y) and log |det dv/dy|."""
@@ -334,10 +388,11 @@ class Flow(GenerativeModel):
         return ((torch.sigmoid(v) - self.alpha) / (1 - 2 * self.alpha)).clamp(0, 1)
 
     def log_prob(self, x, noise=None):
-        """log density: of 2-D points, or of dequantised images y in [0, 1]^D (so excluding D log 256)."""
+        """log density of 2-D points; for images log p(y) - log q(u | x) of the dequantised y in [0, 1]^D,
+        whose expectation bounds log P(x) + D log 256 from below."""
         log_det = torch.zeros(x.shape[0], device=x.device)
         if self.image:
-            x, log_det = self.preprocess(x, parallel.rand_like(x) if noise is None else noise)
+            x, log_det = self.preprocess(x, self.dequantisation_noise(x) if noise is None else noise)
         zs, ld = self.flow(x)
         return sum(standard_normal_logp(z) for z in zs) + ld + log_det
 
@@ -352,7 +407,7 @@ class Flow(GenerativeModel):
     @torch.no_grad()
     def nll(self, x, generator=None):
         """-log P(x) in nats: for images the dequantisation bound on the 8-bit image (one draw of u)."""
-        noise = torch.rand(x.shape, generator=generator, device=x.device) if self.image else None
+        noise = self.dequantisation_noise(x, generator) if self.image else None
         out = -self.log_prob(x, noise)
         return out + math.prod(self.shape) * math.log(256) if self.image else out
 
@@ -365,7 +420,7 @@ class Flow(GenerativeModel):
 
 def build(cfg: Config, shape, num_classes=0) -> Flow:
     return Flow(shape, cfg.scales, cfg.coupling_steps, cfg.hidden, cfg.blocks, cfg.layers_2d, cfg.logit_alpha,
-                cfg.checkerboard_steps)
+                cfg.checkerboard_steps, cfg.dequantise)
 
 
 @torch.no_grad()
