@@ -56,7 +56,18 @@ def train_parser(model: str | None) -> Parser:
     _add_fields(p.add_argument_group("training options"), describe(TrainConfig), tdefaults, taken)
     if fam:
         _add_fields(p.add_argument_group(f"{model} options"), describe(fam.Config), {}, taken)
+        p.epilog = "; ".join(kind_defaults(fam)) or None
     return p
+
+
+def kind_defaults(fam) -> list[str]:
+    """The defaults a family changes for one kind of data, e.g. 'on image data: batch_size=64, ...'."""
+    by_train, by_model = getattr(fam, "TRAIN_DEFAULTS_BY_KIND", {}), getattr(fam, "MODEL_DEFAULTS_BY_KIND", {})
+    lines = []
+    for kind in dict.fromkeys([*by_train, *by_model]):
+        values = {**by_train.get(kind, {}), **by_model.get(kind, {})}
+        lines.append(f"on {kind} data: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return lines
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -159,6 +170,8 @@ def cmd_models(a) -> int:
         if a.model or len(names) == 1:
             print(f"  trains on {fam.DATA_KIND} data; default data set: {fam.DATA_DEFAULTS.get('dataset')}")
             print("  training defaults: " + ", ".join(f"{k}={v}" for k, v in fam.TRAIN_DEFAULTS.items()))
+            for line in kind_defaults(fam):
+                print(f"  {line}")
             print("  options (--set model.NAME=VALUE or --name VALUE):")
             for fname, type_name, default, help_ in describe(fam.Config):
                 print(f"    {fname:<16} {type_name:<10} {str(default):<14} {help_}")

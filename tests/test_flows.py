@@ -148,6 +148,15 @@ def test_variational_dequantisation_trains_its_posterior():
     assert model.dequantiser.net.out[1].weight.grad.abs().sum() > 0
     nll = model.nll(x, generator=torch.Generator().manual_seed(0))
     assert nll.shape == (8,) and torch.isfinite(nll).all()
+    # log_prob subtracts log q(u | x) from the density of y = (255 x + u) / 256 at the u that q drew
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        u, log_q = model.dequantiser(x, eps)
+        variational = model.log_prob(x, eps)
+        model.dequantiser, deq = None, model.dequantiser
+        uniform_at_u = model.log_prob(x, u)
+        model.dequantiser = deq
+    assert torch.allclose(variational, uniform_at_u - log_q)
     # the reported figure is the bound the loss minimises, -log p(y) + log q(u | x) + D log 256
     g = torch.Generator().manual_seed(1)
     noise = model.dequantisation_noise(x, g)
