@@ -189,14 +189,15 @@ def choose_features(kind: str, data: Dataset, device="cpu", log=print) -> Featur
 
 def reference_features(features: Features, data: Dataset, n: int = 10000, split: str = "train") -> np.ndarray:
     """Features of the first n images of a split, cached on disk."""
-    x = data.floats(split)
-    n = min(n, len(x)) if n else len(x)
+    size = len(data.train if split == "train" else data.test)
+    n = min(n, size) if n else size
     path = cache_dir() / "stats" / f"{features.key}-{split}-{n}.safetensors"
     if path.is_file():
         try:
             return load_file(str(path))["features"].double().numpy()
         except (OSError, KeyError, ValueError):
             pass
+    x = data.floats(split)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
     feats, _ = features(x[order])
     path.parent.mkdir(parents=True, exist_ok=True)

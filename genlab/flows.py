@@ -198,19 +198,22 @@ class Dequantiser(nn.Module):
         mu, log_s = self.net(2 * x - 1).chunk(2, dim=1)
         return mu, 3 * torch.tanh(log_s / 3)  # scales within (e^-3, e^3)
 
+    @staticmethod
+    def density(eps, a, log_s):
+        """log q(u | x) = log N(eps) - sum log |du/deps| at a = mu + exp(log_s) eps."""
+        return standard_normal_logp(eps) - (log_s + F.logsigmoid(a) + F.logsigmoid(-a)).flatten(1).sum(1)
+
     def forward(self, x, eps):
         """(u, log q(u | x)) for the standard normal draws eps."""
         mu, log_s = self.params(x)
         a = mu + log_s.exp() * eps
-        log_q = standard_normal_logp(eps) - (log_s + F.logsigmoid(a) + F.logsigmoid(-a)).flatten(1).sum(1)
-        return torch.sigmoid(a), log_q
+        return torch.sigmoid(a), self.density(eps, a, log_s)
 
     def log_q(self, x, u):
         """log q(u | x) of given u, by inverting the map."""
         mu, log_s = self.params(x)
         a = torch.log(u) - torch.log1p(-u)
-        eps = (a - mu) / log_s.exp()
-        return standard_normal_logp(eps) - (log_s + F.logsigmoid(a) + F.logsigmoid(-a)).flatten(1).sum(1)
+        return self.density((a - mu) / log_s.exp(), a, log_s)
 
 
 # ---------------------------------------------------------------------------
