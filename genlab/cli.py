@@ -181,7 +181,7 @@ def cmd_models(a) -> int:
 
 
 def _device(name: str) -> str:
-    from genlab.trainer import resolve_device
+    from genlab.device import resolve_device
 
     return str(resolve_device(name))
 

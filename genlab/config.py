@@ -55,8 +55,15 @@ class TrainConfig:
                            choices=["constant", "cosine"])
     grad_accum: int = opt(1, "micro-batches per optimizer step", min=1)
     ema_decay: float = opt(0.0, "EMA decay of the weights used for sampling (0: no EMA)", min=0.0, max=1.0)
-    precision: str = opt("auto", "fp32, bf16 autocast, or auto (bf16 on CUDA when supported)", choices=["auto", "fp32", "bf16"])
-    compile: bool = opt(False, "torch.compile the network")
+    precision: str = opt("auto", "fp32 (TF32 matmuls on CUDA), bf16 autocast, or auto: fp32, measured faster than "
+                                 "bf16 for these small networks", choices=["auto", "fp32", "bf16"])
+    compile: bool = opt(False, "torch.compile the networks that training and sampling call")
+    compile_mode: str = opt("auto", "torch.compile mode; auto: reduce-overhead (CUDA graphs) on CUDA, default on CPU",
+                            choices=["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+    device_data_mb: int = opt(4096, "hold the training split on the training device when it takes at most this "
+                                    "many MiB (and num_workers is 0); else a DataLoader feeds it", min=0)
+    deterministic: bool = opt(False, "deterministic kernels on CUDA (cuDNN, cuBLAS), so a resumed run matches bit "
+                                     "for bit there too; slower")
     channels_last: bool = opt(False, "NHWC memory layout for convolutions (faster at power-of-two sizes)")
     num_workers: int = opt(0, "DataLoader worker processes", min=0)
     seed: int = opt(0, "random seed (data order, initialisation, noise)")

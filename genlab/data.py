@@ -565,13 +565,20 @@ class EpochBatches(torch.utils.data.Sampler):
     def set_position(self, epoch: int, batch: int):
         self.epoch, self.start = epoch, batch
 
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        order = torch.randperm(self.n, generator=g)
+    def order(self) -> torch.Tensor:
+        """The epoch's permutation of the training set (drawn on the host, the same on every device)."""
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
+
+    def index_batches(self, order: torch.Tensor):
+        """This process's indices of each remaining batch of the epoch, as slices of `order`."""
         local = self.batch_size // self.world
         for b in range(self.start, self.n // self.batch_size):
             idx = order[b * self.batch_size: (b + 1) * self.batch_size]
-            yield idx[self.rank * local: (self.rank + 1) * local].tolist()
+            yield idx[self.rank * local: (self.rank + 1) * local]
+
+    def __iter__(self):
+        for idx in self.index_batches(self.order()):
+            yield idx.tolist()
 
 
 class InMemory(torch.utils.data.Dataset):
@@ -602,6 +609,47 @@ class InMemory(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.__getitems__([i])
+
+
+def data_bytes(data: Dataset) -> int:
+    """Bytes the training split (and a second domain) take in memory."""
+    parts = [data.train, data.train_labels, data.train_b]
+    return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+
+class DeviceBatches:
+    """The training split held on the training device, batched by indexing there.
+
+    The same batches, in the same order, as a DataLoader over `InMemory` with the
+    same sampler: the permutation is drawn on the host from the seeded generator
+    (one copy to the device per epoch) and uint8 images become floats in [0, 1]
+    on the device. Nothing crosses from the host per step.
+    """
+
+    def __init__(self, data: Dataset, sampler: EpochBatches, device):
+        self.sampler, self.device = sampler, torch.device(device)
+        self.is_image = data.kind == "image"
+        self.x = data.train.to(self.device)
+        n = len(data.train)
+        labels = data.train_labels if data.train_labels is not None else torch.zeros(n, dtype=torch.long)
+        self.y = labels.to(self.device)
+        self.xb = self.partner = None
+        if data.train_b is not None:
+            self.xb = data.train_b.to(self.device)
+            self.partner = InMemory(data, "train").partner.to(self.device)
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        order = self.sampler.order().to(self.device)
+        for idx in self.sampler.index_batches(order):
+            x = self.x[idx]
+            x = x.float() / 255 if self.is_image else x
+            if self.xb is None:
+                yield x, self.y[idx]
+            else:
+                yield x, self.y[idx], self.xb[self.partner[idx % len(self.partner)]].float() / 255
 
 
 def batches(data: Dataset, split: str, batch_size: int):

@@ -50,6 +50,10 @@ class GenerativeModel(nn.Module):
         """Test-set quantities of one batch (averaged over batches by the caller)."""
         return self.loss(batch)
 
+    def networks(self) -> list[nn.Module]:
+        """The networks that training and sampling call: what `--compile` compiles (default: every child with weights)."""
+        return [m for m in self.children() if any(True for _ in m.parameters())]
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

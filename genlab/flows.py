@@ -78,6 +78,11 @@ class ActNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(shape))
         self.logs = nn.Parameter(torch.zeros(shape))
         self.register_buffer("initialized", torch.zeros(()))
+        self.ready = False  # the buffer's value, known on the host: checking it per step would wait on the device
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.ready = bool(self.initialized)
 
     @torch.no_grad()
     def initialize(self, x):
@@ -86,9 +91,10 @@ class ActNorm(nn.Module):
         self.logs.copy_(-torch.log(x.std(dims, keepdim=True) + 1e-6))
         parallel.all_reduce_mean_([self.bias.data, self.logs.data])
         self.initialized.fill_(1)
+        self.ready = True
 
     def forward(self, x):
-        if not self.initialized and self.training:
+        if self.training and not self.ready:
             self.initialize(x)
         spatial = x[0, 0].numel() if x.dim() == 4 else 1
         return (x + self.bias) * torch.exp(self.logs), self.logs.sum().expand(x.shape[0]) * spatial

@@ -219,7 +219,8 @@ def clean_resize(images, size: int = 299) -> torch.Tensor:
     """clean-fid's "clean" resize: PIL bicubic on each channel as a float32 image, one image at a time.
 
     images: (N, C, H, W) uint8 (or values in [0, 255]), tensor or array. Returns float32
-    (N, C, size, size) on the [0, 255] scale, unclipped (bicubic can overshoot), as clean-fid.
+    (N, C, size, size) on the [0, 255] scale, clipped to [0, 255] as clean-fid does (bicubic
+    overshoots at sharp edges: on binary digits by up to ~40 grey levels).
     For clean-fid numerics feed `clean_resize(x) / 256` to `FIDInception(..., resize=False)`:
     2 x / 256 - 1 = (x - 128) / 128 is the normalisation clean-fid applies to [0, 255] images.
     The default `FIDInception` bilinear resize instead gives pytorch-fid numerics.
@@ -231,7 +232,7 @@ def clean_resize(images, size: int = 299) -> torch.Tensor:
         for ch in range(c):
             im = Image.fromarray(x[i, ch].astype(np.float32))  # a float32 array becomes mode "F"
             out[i, ch] = np.asarray(im.resize((size, size), resample=Image.BICUBIC))
-    return torch.from_numpy(out)
+    return torch.from_numpy(out.clip(0, 255))
 
 
 # ---------------------------------------------------------------------------

@@ -90,14 +90,24 @@ class MADE(GenerativeModel):
         self.direct = MaskedLinear(self.D, self.D * self.K, bias=False) if direct else None
         # optimizer steps taken: the mask in use is updates mod num_masks
         self.register_buffer("updates", torch.zeros(()))
+        # training cycles through the masks: drawing them now keeps every step free of host work
+        self._mask_cache = {}
+        for i in range(min(num_masks, 64)):
+            self.masks_of(i)
         self.set_mask(0)
+
+    def masks_of(self, i: int):
+        """(degrees, hidden masks, output mask, direct mask) of mask i, drawn once on the host and kept."""
+        if i not in self._mask_cache:
+            g = torch.Generator().manual_seed(self.mask_seed * 100003 + i)
+            degrees = made_degrees(self.D, self.hidden_sizes, g, natural_order=self.num_masks == 1)
+            self._mask_cache[i] = (degrees, *made_masks(degrees))
+        return self._mask_cache[i]
 
     def set_mask(self, i: int) -> None:
         if getattr(self, "current_mask", None) == i:
             return
-        g = torch.Generator().manual_seed(self.mask_seed * 100003 + i)
-        degrees = made_degrees(self.D, self.hidden_sizes, g, natural_order=self.num_masks == 1)
-        hidden, out, direct = made_masks(degrees)
+        degrees, hidden, out, direct = self.masks_of(i)
         for layer, m in zip(self.layers, hidden):
             layer.mask.copy_(m)
         self.out.mask.copy_(out.repeat_interleave(self.K, 0))  # K outputs per input dimension
@@ -129,7 +139,7 @@ class MADE(GenerativeModel):
         return {"loss": -self.log_prob(batch[0]).mean()}
 
     def train_step(self, batch, ctx):
-        self.set_mask(int(self.updates) % self.num_masks)
+        self.set_mask(ctx.step % self.num_masks)  # ctx.step == self.updates, known on the host
         logs = ctx.minimize("main", self.loss, batch)
         self.updates += 1
         return logs

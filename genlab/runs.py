@@ -23,7 +23,8 @@ from genlab.family import family
 
 # Options of a finished or interrupted run that `--resume` may change.
 RESUMABLE = {"steps", "epochs", "device", "num_workers", "progress", "log_every", "sample_every", "channels_last",
-             "checkpoint_every", "eval_every", "keep_checkpoints", "final_eval_n", "tracking"}
+             "checkpoint_every", "eval_every", "keep_checkpoints", "final_eval_n", "tracking", "compile",
+             "compile_mode", "device_data_mb", "deterministic"}
 
 
 def make_config(model: str | None = None, config: str | Path | None = None, sets: list[str] = (),
@@ -125,7 +126,8 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
 
     `options` are any field of the data, train or model config: genlab.train("ddpm", dataset="mnist", steps=500).
     """
-    from genlab.trainer import Trainer, resolve_device
+    from genlab.device import backend_kind, configure, resolve_device
+    from genlab.trainer import Trainer
 
     if resume is not None:
         run_dir = Path(resume)
@@ -146,12 +148,10 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
         if run_dir is not None and run_dir.exists():
             raise GenlabError(f"{run_dir} already exists; a new run never overwrites one (use --resume to continue it)")
 
-    parallel.setup("cuda" if cfg.train.device.startswith("cuda") or
-                   (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = resolve_device(cfg.train.device)  # before joining a process group: a bad device is one line
+    parallel.setup(backend_kind(cfg.train.device))
     try:
-        device = resolve_device(cfg.train.device)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+        configure(device, cfg.train.deterministic)
         fam = family(cfg.family)
         data = prepare_data(cfg)
         torch.manual_seed(cfg.train.seed)
@@ -159,8 +159,6 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
         parallel.broadcast_parameters(net)
         if cfg.train.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        if cfg.train.compile:
-            net.compile()
         if resume is None:
             run_dir = parallel.broadcast_object(run_dir or default_run_dir(cfg))
             parallel.barrier()

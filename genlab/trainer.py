@@ -26,27 +26,52 @@ from torch.optim.swa_utils import AveragedModel
 
 from genlab import checkpoint, parallel
 from genlab.config import RunConfig
-from genlab.data import Dataset, EpochBatches, InMemory, batches
+from genlab.data import Dataset, DeviceBatches, EpochBatches, InMemory, batches, data_bytes
 from genlab.errors import GenlabError, TrainingStopped
 
 
 class NonFiniteLoss(Exception):
-    pass
+    def __init__(self, what: str, step: int):
+        super().__init__(what)
+        self.step = step
 
 
-def ema_avg_fn(decay: float):
-    """EMA with the usual warm-up: the decay is min(decay, (1 + n) / (10 + n)) after n updates."""
+class EMA(AveragedModel):
+    """An exponential moving average of a module's weights and buffers, with the usual warm-up.
+
+    After n updates the decay is min(decay, (1 + n) / (10 + n)); the first update
+    copies. The count is kept on the host as well as in the `n_averaged` buffer
+    (which checkpoints carry), so an update never reads a value back from the
+    device: AveragedModel's own update branches on its counter every call.
+    """
+
+    def __init__(self, target: torch.nn.Module, decay: float):
+        super().__init__(target, use_buffers=True)
+        self.decay = decay
+        self.n_averaged = self.n_averaged.cpu()
+        self.count = 0
 
     @torch.no_grad()
-    def avg(ema_params, params, num_averaged):  # called once per (device, dtype) group
-        if not ema_params[0].is_floating_point():  # counters such as BatchNorm's num_batches_tracked
-            torch._foreach_copy_(ema_params, params)
-            return
-        n = float(num_averaged)
-        d = min(decay, (1 + n) / (10 + n))
-        torch._foreach_lerp_(ema_params, params, 1 - d)
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        ema = [*self.module.parameters(), *self.module.buffers()]
+        src = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        floats = [(e, s) for e, s in zip(ema, src) if e.is_floating_point()]
+        others = [(e, s) for e, s in zip(ema, src) if not e.is_floating_point()]  # e.g. BatchNorm's counters
+        if self.count == 0:
+            floats, others = [], floats + others
+        if others:
+            torch._foreach_copy_([e for e, _ in others], [s for _, s in others])
+        if floats:
+            n = self.count
+            d = min(self.decay, (1 + n) / (10 + n))
+            torch._foreach_lerp_([e for e, _ in floats], [s for _, s in floats], 1 - d)
+        self.count += 1
+        self.n_averaged += 1
 
-    return avg
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        out = super().load_state_dict(state_dict, strict, assign)
+        self.count = int(self.n_averaged)  # once, on restore
+        return out
 
 
 def lr_factor(warmup: int, schedule: str, total: int):
@@ -69,19 +94,29 @@ def split_batch(batch, k: int):
 
 
 class StepContext:
-    """What a family's `train_step` uses to take optimizer steps."""
+    """What a family's `train_step` uses to take optimizer steps.
 
-    def __init__(self, optimizers, schedulers, params, grad_clip, grad_accum, autocast_dtype, device_type):
+    Nothing here reads a value back to the host: the logged values stay tensors on
+    the device, and a non-finite loss is recorded on the device (the first step it
+    happened at, per optimizer) for the Trainer to check at its next log line or
+    checkpoint. `step` is the number of optimizer steps taken before this one.
+    """
+
+    def __init__(self, optimizers, schedulers, params, grad_clip, grad_accum, autocast_dtype, device):
         self.optimizers, self.schedulers, self.params = optimizers, schedulers, params
         self.grad_clip, self.grad_accum = grad_clip, grad_accum
-        self.autocast_dtype, self.device_type = autocast_dtype, device_type
+        self.autocast_dtype, self.device_type = autocast_dtype, device.type
+        self.step = 0
+        # per optimizer: the first step (1-based) whose loss was not finite, -1 while none was
+        self.first_nonfinite = {name: torch.full((), -1, dtype=torch.long, device=device) for name in optimizers}
+        self._step_index = torch.zeros((), dtype=torch.long, device=device)
 
     def autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.autocast_dtype)
 
-    def minimize(self, name: str, loss_fn, batch) -> dict[str, float]:
+    def minimize(self, name: str, loss_fn, batch) -> dict[str, torch.Tensor]:
         """One optimizer step of `name` on loss_fn(batch)["loss"], over grad_accum micro-batches."""
         params = self.params[name]
         for p in params:
@@ -91,31 +126,28 @@ class StepContext:
         for chunk in chunks:
             with self.autocast():
                 out = loss_fn(chunk)
-            loss = out["loss"].float()
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss of optimizer '{name}' is {loss.item()}")
-            (loss / len(chunks)).backward()
+            (out["loss"].float() / len(chunks)).backward()
             for k, v in out.items():
-                logs[k] = logs.get(k, 0) + v.detach().float() / len(chunks)
+                v = v.detach().float() / len(chunks)
+                logs[k] = logs[k] + v if k in logs else v
+        first = self.first_nonfinite[name]
+        self._step_index.fill_(self.step + 1)  # an in-place fill: no new host-to-device tensor each step
+        first.copy_(torch.where((first < 0) & ~torch.isfinite(logs["loss"]), self._step_index, first))
         parallel.all_reduce_mean_([p.grad for p in params if p.grad is not None])
         if self.grad_clip > 0:
             logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizers[name].step()
         self.schedulers[name].step()
-        return {k: float(v) for k, v in logs.items()}
+        return logs
 
+    def nonfinite_flags(self) -> torch.Tensor:
+        """(optimizers,) float64 on the device: the first step whose loss was not finite, or -1."""
+        return torch.stack(list(self.first_nonfinite.values())).to(torch.float64)
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise GenlabError(f"device {name} requested but CUDA is not available")
-        if name == "cuda" and parallel.world() > 1:
-            name = f"cuda:{parallel.local_rank()}"
-    elif name != "cpu":
-        raise GenlabError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)")
-    return torch.device(name)
+    def raise_if_nonfinite(self, flags: list[float]) -> None:
+        for name, first in zip(self.first_nonfinite, flags):
+            if first >= 0:
+                raise NonFiniteLoss(f"loss of optimizer '{name}' is not finite (nan or inf)", int(first))
 
 
 class MetricsLog:
@@ -240,10 +272,9 @@ class Trainer:
             self.optimizers[name] = opt_cls(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, **kw)
             self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizers[name], lr_factor(tc.warmup_steps, tc.lr_schedule, self.total))
-        autocast = None
-        if tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
-            autocast = torch.bfloat16
-        self.ctx = StepContext(self.optimizers, self.schedulers, groups, tc.grad_clip, tc.grad_accum, autocast, device.type)
+        # bf16 autocast only when asked: measured slower than fp32 (TF32 on CUDA) for these small networks
+        autocast = torch.bfloat16 if tc.precision == "bf16" else None
+        self.ctx = StepContext(self.optimizers, self.schedulers, groups, tc.grad_clip, tc.grad_accum, autocast, device)
         if tc.batch_size % (tc.grad_accum * parallel.world()):
             raise GenlabError(f"batch size {tc.batch_size} must be divisible by grad_accum x processes "
                               f"({tc.grad_accum} x {parallel.world()})")
@@ -251,13 +282,26 @@ class Trainer:
         self.ema = None
         if tc.ema_decay > 0:
             target = model.get_submodule(model.ema_target) if model.ema_target else model
-            self.ema = AveragedModel(target, multi_avg_fn=ema_avg_fn(tc.ema_decay), use_buffers=True)
+            self.ema = EMA(target, tc.ema_decay)
+        self.compile_mode = None
+        if tc.compile:  # after the EMA copy, which must stay a plain module
+            self.compile_mode = tc.compile_mode if tc.compile_mode != "auto" else (
+                "reduce-overhead" if device.type == "cuda" else "default")
+            for net in model.networks():
+                net.compile(mode=self.compile_mode)
+        self.compile_s = None
+        self.log_once: dict[str, float] = {}  # values for the next training log line only
 
         self.sampler = EpochBatches(len(data.train), tc.batch_size, tc.seed, parallel.rank(), parallel.world())
-        # its own generator: a DataLoader otherwise draws a worker seed from the global RNG at every epoch
-        self.loader = torch.utils.data.DataLoader(InMemory(data, "train"), batch_sampler=self.sampler,
-                                                  collate_fn=_identity, num_workers=tc.num_workers,
-                                                  generator=torch.Generator().manual_seed(tc.seed))
+        if tc.num_workers == 0 and data_bytes(data) <= tc.device_data_mb * 2 ** 20:
+            # the training split lives on the device; a batch is one indexing operation there
+            self.loader = DeviceBatches(data, self.sampler, device)
+        else:
+            # its own generator: a DataLoader otherwise draws a worker seed from the global RNG at every epoch
+            self.loader = torch.utils.data.DataLoader(InMemory(data, "train"), batch_sampler=self.sampler,
+                                                      collate_fn=_identity, num_workers=tc.num_workers,
+                                                      pin_memory=device.type == "cuda",
+                                                      generator=torch.Generator().manual_seed(tc.seed))
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", tc.tracking, run_dir, cfg.to_dict()) if self.main else None
         self.stop_signal = None
         self.features = None
@@ -287,7 +331,19 @@ class Trainer:
         tensors["rng"] = rng
         return tensors, meta
 
+    def check_finite(self) -> None:
+        """Stop if a loss so far, or a weight now, is not finite: what is saved after this is good.
+
+        One read from the device for all of it."""
+        params = [p.detach() for group in self.ctx.params.values() for p in group]
+        weights_ok = torch.stack([p.isfinite().all() for p in params]).all().to(torch.float64).reshape(1)
+        *flags, ok = torch.cat([self.ctx.nonfinite_flags(), weights_ok]).tolist()
+        self.ctx.raise_if_nonfinite(flags)
+        if not ok:
+            raise NonFiniteLoss("the weights are not finite", self.step)
+
     def save(self) -> None:
+        self.check_finite()
         if self.main:
             tensors, meta = self.state()
             checkpoint.save(self.run_dir / "checkpoints", self.step, tensors, meta, self.cfg.train.keep_checkpoints)
@@ -362,7 +418,7 @@ class Trainer:
         model.train()
         bar = tqdm(total=self.total, initial=self.step, disable=not (tc.progress and self.main), unit="step",
                    dynamic_ncols=True, file=sys.stderr, desc=f"{self.cfg.family}")
-        acc: dict[str, float] = {}
+        acc: dict[str, torch.Tensor] = {}
         acc_n, t_last, seen = 0, time.perf_counter(), 0
         old_handlers = self._install_signals()
         try:
@@ -374,38 +430,47 @@ class Trainer:
                     for i in images:
                         batch[i] = self.augment(batch[i])
                     x = batch[0]
-                    try:
-                        logs = model.train_step(tuple(batch), self.ctx)
-                    except NonFiniteLoss as e:
-                        raise TrainingStopped(self._nonfinite_message(str(e)), 1) from None
+                    self.ctx.step = self.step
+                    if self.compile_mode in ("reduce-overhead", "max-autotune"):
+                        torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be reused
+                    t_step = time.perf_counter() if self.compile_mode and self.compile_s is None else None
+                    logs = model.train_step(tuple(batch), self.ctx)
+                    if t_step is not None:  # the first step compiles: its time, once, in the log
+                        if device.type == "cuda":
+                            torch.cuda.synchronize(device)
+                        self.compile_s = time.perf_counter() - t_step
+                        if self.main:
+                            print(f"torch.compile ({self.compile_mode}): the first training step took "
+                                  f"{self.compile_s:.1f} s", file=sys.stderr, flush=True)
+                        self.log_once["compile_s"] = self.compile_s
                     if self.ema is not None:
                         self.ema.update_parameters(model.get_submodule(model.ema_target) if model.ema_target else model)
                     self.step += 1
                     self.batch_in_epoch += 1
                     seen += len(x) * parallel.world()
-                    for k, v in logs.items():
-                        acc[k] = acc.get(k, 0.0) + v
+                    for k, v in logs.items():  # summed on the device; read once per log line
+                        acc[k] = acc[k] + v if k in acc else v
                     acc_n += 1
                     bar.update(1)
                     if self.step % tc.log_every == 0 or self.step == self.total:
                         now = time.perf_counter()
                         interval = max(now - t_last - self.paused, 1e-9)
                         self.elapsed += interval
-                        means = {k: v / acc_n for k, v in acc.items()}
-                        if parallel.world() > 1:
-                            vals = torch.tensor(list(means.values()), dtype=torch.float64)
-                            parallel.all_reduce_mean_([vals])
-                            means = dict(zip(means, vals.tolist()))
+                        means = self._read_means(acc, acc_n)
                         self.log("train", {**means, "lr": self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"],
-                                           "img_per_s": seen / interval, "elapsed": self.elapsed})
+                                           "img_per_s": seen / interval, "elapsed": self.elapsed, **self.log_once})
+                        self.log_once = {}
                         bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:3]})
                         acc, acc_n, t_last, seen, self.paused = {}, 0, now, 0, 0.0
                     self._periodic()
-                    if parallel.any_flag(self.stop_signal is not None):
-                        self.save()
-                        code = 130 if self.stop_signal == signal.SIGINT else 143
-                        raise TrainingStopped(f"stopped by {signal.Signals(self.stop_signal).name} at step {self.step}; "
-                                              f"checkpoint saved; continue with: genlab train --resume {self.run_dir}", code)
+                    # under torchrun agreeing on a stop is a collective: once per log line, not every step
+                    if parallel.world() == 1 or self.step % tc.log_every == 0:
+                        if parallel.any_flag(self.stop_signal is not None):
+                            self.save()
+                            code = 130 if self.stop_signal == signal.SIGINT else 143
+                            raise TrainingStopped(f"stopped by {signal.Signals(self.stop_signal).name} at step "
+                                                  f"{self.step}; checkpoint saved; continue with: "
+                                                  f"genlab train --resume {self.run_dir}", code)
                     if self.step >= self.total:
                         break
                 else:
@@ -415,11 +480,23 @@ class Trainer:
                         t0 = time.perf_counter()
                         self.sample_grid(f"epoch_{self.epoch:04d}")
                         self.paused += time.perf_counter() - t0
+            self.check_finite()
+        except NonFiniteLoss as e:
+            raise TrainingStopped(self._nonfinite_message(str(e), e.step), 1) from None
         finally:
             bar.close()
             self._restore_signals(old_handlers)
         if self.main:
             self.metrics.close()
+
+    def _read_means(self, acc: dict, n: int) -> dict[str, float]:
+        """The interval's means as floats, after checking the losses were finite: one read from the device."""
+        vals = [torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for v in acc.values()]
+        means = torch.stack(vals) / n if vals else torch.zeros(0, dtype=torch.float64, device=self.device)
+        parallel.all_reduce_mean_([means])  # on the device: NCCL reduces GPU tensors, gloo CPU ones
+        *values, = torch.cat([means, self.ctx.nonfinite_flags()]).tolist()
+        self.ctx.raise_if_nonfinite(values[len(acc):])
+        return dict(zip(acc, values[: len(acc)]))
 
     def augment(self, x):
         """Dynamic binarisation, random flips and the memory layout of a training batch."""
@@ -452,10 +529,11 @@ class Trainer:
             self.save()
         self.paused += time.perf_counter() - t0
 
-    def _nonfinite_message(self, what: str) -> str:
+    def _nonfinite_message(self, what: str, step: int) -> str:
         last = checkpoint.latest(self.run_dir / "checkpoints")
-        kept = f"the last good checkpoint ({last.name}) is kept" if last else "no checkpoint was written yet"
-        return (f"{what} at step {self.step + 1}; training stopped and {kept}. "
+        kept = (f"the last good checkpoint ({last.name}) is kept; genlab train --resume {self.run_dir} continues "
+                f"from it" if last else "no checkpoint was written yet")
+        return (f"{what} at step {step}; training stopped and {kept}. "
                 f"Try a lower learning rate (--lr) or gradient clipping (--set train.grad_clip=1).")
 
     def _install_signals(self):

@@ -174,10 +174,11 @@ class VAE(GenerativeModel):
         """The decoder's mean image in [0, 1]."""
         return torch.sigmoid(out) if self.decoder_type == "bernoulli" else out.clamp(0, 1)
 
-    def current_beta(self) -> float:
+    def current_beta(self):
+        """beta, risen linearly from 0 over beta_warmup updates (a device tensor then: reading it would wait on the device)."""
         if self.beta_warmup == 0:
             return self.beta
-        return self.beta * min(1.0, float(self.updates) / self.beta_warmup)
+        return self.beta * (self.updates / self.beta_warmup).clamp(max=1.0)
 
     def terms(self, x):
         """Single-sample negative ELBO and its parts, per example."""

@@ -72,3 +72,14 @@ def test_bad_input_through_the_console_entry_point(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "unknown data set" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_readme_families_table_has_one_row_per_family():
+    from pathlib import Path
+
+    from genlab.family import FAMILIES
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text.split("## Families", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")]
+    assert sorted(rows) == sorted(FAMILIES) and len(rows) == len(set(rows))

@@ -267,16 +267,37 @@ def test_pools_follow_the_tf_graph(net):
     assert torch.equal(net.Mixed_7c.pool(x), F.max_pool2d(x, 3, stride=1, padding=1))
 
 
-def test_clean_resize_is_pil_bicubic_per_channel_in_float():
+def pil_bicubic_float(channel: np.ndarray, size: int) -> np.ndarray:
+    """clean-fid's resize of one channel, written out: PIL bicubic on a float32 ("F") image, then clipped."""
     from PIL import Image
 
-    x = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    im = Image.fromarray(channel.astype(np.float32), mode="F").resize((size, size), Image.BICUBIC)
+    return np.asarray(im)
+
+
+def test_clean_resize_matches_clean_fid_on_sharp_edges():
+    # a binary digit: bicubic overshoots at its edges, and clean-fid clips the overshoot
+    from genlab.data import load_dataset
+
+    x = load_dataset("digits", image_size=28).test[:3]
+    x = (x > 127).to(torch.uint8) * 255  # (3, 1, 28, 28) in {0, 255}
+    out = clean_resize(x, size=299)
+    assert out.shape == (3, 1, 299, 299) and out.dtype == torch.float32
+    raw = pil_bicubic_float(x[0, 0].numpy(), 299)
+    assert raw.min() < -1 and raw.max() > 256  # the case that matters: unclipped, it leaves [0, 255]
+    np.testing.assert_array_equal(out[0, 0].numpy(), raw.clip(0, 255))
+    assert 0 <= out.min() and out.max() <= 255 and not torch.equal(out, out.round())  # floats, not re-quantised
+
+
+def test_clean_resize_leaves_smooth_images_unchanged_by_the_clip():
+    yy, xx = np.mgrid[0:20, 0:20]
+    blob = 40 + 150 * np.exp(-((yy - 9.5) ** 2 + (xx - 9.5) ** 2) / 40)  # inside (0, 255) with room to spare
+    x = torch.from_numpy(np.stack([blob, blob[::-1].copy(), blob.T.copy()])[None]).to(torch.uint8)
     out = clean_resize(x, size=37)
-    assert out.shape == (2, 3, 37, 37) and out.dtype == torch.float32
-    channel = Image.fromarray(x[1, 2].numpy().astype(np.float32), mode="F").resize((37, 37), Image.BICUBIC)
-    np.testing.assert_array_equal(out[1, 2].numpy(), np.asarray(channel))
-    # floats, neither clipped to [0, 255] nor re-quantised: bicubic overshoots on noise
-    assert out.min() < 0 and out.max() > 255 and not torch.equal(out, out.round())
+    for c in range(3):
+        raw = pil_bicubic_float(x[0, c].numpy(), 37)
+        assert 0 < raw.min() and raw.max() < 255
+        np.testing.assert_array_equal(out[0, c].numpy(), raw)
 
 
 # ---------------------------------------------------------------------------

@@ -159,16 +159,26 @@ def test_resume_can_extend_a_finished_run(tiny_run, tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
 
 
-def test_non_finite_loss_stops_with_a_clear_message(tmp_path, capsys):
+@pytest.mark.parametrize("log_every,checkpoint_every", [(50, 1), (10, 100)])
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, capsys, log_every, checkpoint_every):
+    # found on the device without a per-step read; reported with the step it happened at, before any save
     code = main(["train", "ddpm", "--out", str(tmp_path / "nan"), *tiny_flags(steps=200, lr=1e8, grad_clip=0,
-                                                                               checkpoint_every=1)])
+                                                                               checkpoint_every=checkpoint_every,
+                                                                               log_every=log_every)])
     err = capsys.readouterr().err
     assert code == 1
-    assert "loss of optimizer 'main' is nan" in err or "is inf" in err
-    assert "last good checkpoint" in err and "Traceback" not in err
-    last = sorted((tmp_path / "nan" / "checkpoints").glob("step_*"))[-1]
-    for sd in final_tensors(tmp_path / "nan").values():
-        assert all(torch.isfinite(v.float()).all() for v in sd.values() if v.is_floating_point()), last
+    assert "loss of optimizer 'main' is not finite" in err and "Traceback" not in err
+    bad_step = int(err.split(" at step ")[1].split(";")[0])
+    steps = sorted(int(p.name[5:]) for p in (tmp_path / "nan" / "checkpoints").glob("step_*"))
+    if checkpoint_every == 1:
+        assert "last good checkpoint" in err and steps and steps[-1] < bad_step
+        for sd in final_tensors(tmp_path / "nan").values():
+            assert all(torch.isfinite(v.float()).all() for v in sd.values() if v.is_floating_point())
+    else:
+        assert not steps and "no checkpoint was written yet" in err
+    metrics = tmp_path / "nan" / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    assert all(r["step"] < bad_step for r in records)  # nothing non-finite was logged
 
 
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
