@@ -102,6 +102,9 @@ def cmd_sample(a) -> int:
     from genlab.runs import load, sample
     from genlab.viz import save_sample_file
 
+    out = Path(a.output) if a.output else Path(a.run) / "samples" / f"sample-n{a.n}-seed{a.seed}.png"
+    if out.suffix not in (".png", ".npz"):  # before minutes of sampling, not after
+        raise GenlabError(f"output must end in .png or .npz, got {out}")
     model = load(a.run, device=_device(a.device))
     kwargs = {}
     if a.sampler:
@@ -109,9 +112,6 @@ def cmd_sample(a) -> int:
     if a.steps:
         kwargs["steps"] = a.steps
     x = sample(model, a.n, seed=a.seed, progress=True, **kwargs)
-    out = Path(a.output) if a.output else Path(a.run) / "samples" / f"sample-n{a.n}-seed{a.seed}.png"
-    if out.suffix not in (".png", ".npz"):
-        raise GenlabError(f"output must end in .png or .npz, got {out}")
     save_sample_file(out, x)
     print(out)
     return 0

@@ -69,7 +69,8 @@ class TrainConfig:
     seed: int = opt(0, "random seed (data order, initialisation, noise)")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     log_every: int = opt(10, "steps between training-metric lines in metrics.jsonl", min=1)
-    sample_every: int = opt(0, "steps between sample grids (0: about ten grids per run)", min=0)
+    sample_every: int = opt(0, "steps between sample grids (0: about ten per run, at least 100 steps apart)",
+                           min=0)
     sample_each_epoch: bool = opt(False, "also a sample grid at the end of every epoch")
     checkpoint_every: int = opt(0, "steps between checkpoints (0: about ten per run)", min=0)
     keep_checkpoints: int = opt(2, "how many recent checkpoints to keep", min=1)
@@ -79,7 +80,11 @@ class TrainConfig:
     fid_features: str = opt("auto", "features for those checks: inception (FID), domain (an offline classifier) "
                                     "or auto", choices=["auto", "inception", "domain"])
     n_samples: int = opt(64, "images in each sample grid", min=1)
-    final_eval_n: int = opt(1000, "test examples for the likelihood at the end of training (0: all)", min=0)
+    final_eval_n: int = opt(1000, "test examples for the test pass and likelihood at the end of training (0: all)",
+                            min=0)
+    final_eval: str = opt("auto", "end-of-run evaluation: auto uses final_eval_n test examples, fewer for a short "
+                                  "run (10 per step, at least 100); full uses the whole test set",
+                          choices=["auto", "full"])
     progress: bool = opt(True, "show a progress bar")
     tracking: str = opt("none", "also log to tensorboard or wandb", choices=["none", "tensorboard", "wandb"])
 

@@ -239,6 +239,8 @@ IMAGE_SIZE = 32
 
 
 class DDPM(GenerativeModel):
+    samplers = ("ancestral", "ddim")
+
     def __init__(self, shape, time_steps=50, schedule="cosine", loss="l1", objective="eps", clip_x0=True,
                  dim=16, dim_mults=(1, 2, 4, 8), num_res_blocks=2, attn_levels=2, dropout=0.0):
         super().__init__()
@@ -257,6 +259,8 @@ class DDPM(GenerativeModel):
                keep=(), progress=None):
         """n images in [0, 1] by Algorithm 2 ("ancestral") or DDIM; with `keep`, also {t: x_t in [0, 1]}."""
         shape = (n, *self.shape)
+        if steps is not None and not 1 <= steps <= self.diffusion.T:
+            raise GenlabError(f"--steps must be between 1 and T = {self.diffusion.T} for this model, got {steps}")
         if sampler == "ddim":
             x = self.diffusion.ddim_sample_loop(self.net, shape, steps or self.diffusion.T, eta, generator,
                                                 self.objective, self.clip_x0, progress)
@@ -277,6 +281,9 @@ class DDPM(GenerativeModel):
         return bpd * math.log(2) * x[0].numel()
 
 
+SAMPLERS = DDPM.samplers
+
+
 def build(cfg: Config, shape, num_classes=0) -> DDPM:
     return DDPM(shape, cfg.time_steps, cfg.schedule, cfg.loss, cfg.objective, cfg.clip_x0, cfg.dim,
                 cfg.dim_mults, cfg.num_res_blocks, cfg.attn_levels, cfg.dropout)
@@ -292,15 +299,17 @@ def strip_steps(cfg: Config) -> list[int]:
 
 
 @torch.no_grad()
-def figures(model: DDPM, data, out_dir, cfg: Config, generator: torch.Generator) -> list[str]:
-    """Seed 001's forward and backward processes at 0/25/50/75/99% of T and seed 004's inference strip."""
+def figures(model: DDPM, data, out_dir, cfg: Config, generator: torch.Generator, quick: bool = False) -> list[str]:
+    """Seed 001's forward and backward processes at 0/25/50/75/99% of T and seed 004's inference strip.
+
+    8 images in the processes and 4 in the strip; half as many with `quick` (the end of a short run)."""
     from genlab.viz import image_table
 
     device = model.device
     T = model.diffusion.T
     fracs = [0.0, 0.25, 0.5, 0.75, 0.99]
     ts = [int(f * T) for f in fracs]
-    x0 = data.floats("train")[:8].to(device) * 2 - 1
+    x0 = data.floats("train")[: 4 if quick else 8].to(device) * 2 - 1
     # Forward: x_t ~ q(x_t | x_0) at each fraction, from the first training images.
     cols = []
     for t in ts:
@@ -322,7 +331,8 @@ def figures(model: DDPM, data, out_dir, cfg: Config, generator: torch.Generator)
     image_table(paths[1], rows, [f"t={t}" for t in order], title="backward process p(x_{t-1} | x_t)")
     # Inference strip (seed 004): x_t along one sampling run from pure noise.
     steps = strip_steps(cfg)
-    _, kept = model.sample(4, generator=generator, keep=steps)
-    rows = [torch.stack([kept[t][i] for t in steps]) for i in range(4)]
+    k = 2 if quick else 4
+    _, kept = model.sample(k, generator=generator, keep=steps)
+    rows = [torch.stack([kept[t][i] for t in steps]) for i in range(k)]
     image_table(paths[2], rows, [f"t={t}" for t in steps], title="inference x_t")
     return paths

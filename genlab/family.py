@@ -15,6 +15,7 @@ Each family lives in one module that exposes `Config` (its dataclass),
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from types import ModuleType
 
@@ -27,6 +28,8 @@ from genlab.errors import GenlabError
 class GenerativeModel(nn.Module):
     #: name of the submodule whose weights are averaged (EMA) and used for sampling; "" is the whole model
     ema_target: str = ""
+    #: the samplers `sample(..., sampler=NAME, steps=N)` takes, the first the default; () when there is one way
+    samplers: tuple[str, ...] = ()
 
     def loss(self, batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -39,6 +42,11 @@ class GenerativeModel(nn.Module):
 
     def train_step(self, batch, ctx) -> dict[str, float]:
         return ctx.minimize("main", self.loss, batch)
+
+    @contextlib.contextmanager
+    def quick(self):
+        """Cheaper sampling for the end-of-run work of a short run; yields a note of what it changes (or "")."""
+        yield ""
 
     @torch.no_grad()
     def preview(self, n: int, generator: torch.Generator, data) -> torch.Tensor:

@@ -6,6 +6,7 @@ figures/ and report.html. A new run never reuses an existing directory.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import time
@@ -18,12 +19,12 @@ from genlab import checkpoint, parallel
 from genlab.config import (SECTIONS, DataConfig, RunConfig, TrainConfig, build, dump_yaml, parse_sets, read_yaml,
                            update)
 from genlab.data import kind_of, load_dataset
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, TrainingStopped
 from genlab.family import family
 
 # Options of a finished or interrupted run that `--resume` may change.
 RESUMABLE = {"steps", "epochs", "device", "num_workers", "progress", "log_every", "sample_every", "channels_last",
-             "checkpoint_every", "eval_every", "keep_checkpoints", "final_eval_n", "tracking", "compile",
+             "checkpoint_every", "eval_every", "keep_checkpoints", "final_eval_n", "final_eval", "tracking", "compile",
              "compile_mode", "device_data_mb", "deterministic"}
 
 
@@ -172,42 +173,77 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
         trainer = Trainer(cfg, run_dir, data, net, fam, device)
         if resume is not None:
             trainer.restore(checkpoint.latest(run_dir / "checkpoints"))
-            if trainer.step >= trainer.total:
+            if trainer.step >= trainer.total and is_finished(run_dir, trainer.step):
                 raise GenlabError(f"{run_dir} is already complete ({trainer.step} of {trainer.total} steps); "
                                   f"pass --steps N to train it further")
+            # a run stopped during its end-of-run work goes straight to it
         trainer.fit()
         trainer.save()
         if parallel.is_main():
-            finish(trainer)
+            try:
+                finish(trainer)
+            except KeyboardInterrupt:
+                raise TrainingStopped(f"interrupted during the end-of-run work; genlab train --resume {run_dir} "
+                                      f"completes it", 130) from None
     finally:
         parallel.barrier()
         parallel.teardown()
     return load(run_dir, device=str(device)) if parallel.is_main() else None
 
 
+FINISHED = "finished.json"  # written last by `finish`: a run without it still owes its end-of-run work
+
+
+def phase_log(what: str, t0: float) -> None:
+    print(f"  {what}: {time.perf_counter() - t0:.1f} s", flush=True)
+
+
 def finish(trainer) -> None:
-    """The end of a run: test metrics, the final sample grid, every figure and the report."""
+    """The end of a run: test metrics, the final sample grid, every figure and the report, each timed."""
+    from genlab.checkpoint import write_json_atomic
     from genlab.report import write_report
-    from genlab.trainer import evaluation_mode, read_metrics
+    from genlab.trainer import SHORT_RUN_GRID, SHORT_RUN_STEPS, evaluation_mode, read_metrics
     from genlab.viz import plot_curves
 
-    run_dir, cfg = trainer.run_dir, trainer.cfg
-    print(f"evaluating on the test set ({len(trainer.data.test)} examples)...", flush=True)
-    result = trainer.evaluate(final=True)
+    run_dir, cfg, model = trainer.run_dir, trainer.cfg, trainer.model
+    t_start = time.perf_counter()
+    n = trainer.final_eval_size()
+    how = "all" if n == len(trainer.data.test) else f"{n} (--final-eval full for all {len(trainer.data.test)})"
+    print(f"end of run: evaluating on {how} test examples, then samples and figures", flush=True)
+    result = trainer.evaluate(final=True, log=phase_log)
     if trainer.features is not None:
+        t0 = time.perf_counter()
         result.update(trainer.sample_quality())
+        phase_log(f"sample quality of {cfg.train.fid_n} samples", t0)
     g = torch.Generator(trainer.device).manual_seed(cfg.train.seed + 4)
-    with evaluation_mode(trainer.model, trainer.ema):
+    short = trainer.short_run
+    grid_n = min(cfg.train.n_samples, SHORT_RUN_GRID) if short else cfg.train.n_samples
+    figure_kw = {"quick": True} if short and "quick" in inspect.signature(trainer.fam.figures).parameters else {}
+    with evaluation_mode(model, trainer.ema), (model.quick() if short else contextlib.nullcontext("")) as note:
+        if short:
+            print(f"  a short run ({trainer.total} < {SHORT_RUN_STEPS} steps) gets a quick end: a {grid_n}-image grid"
+                  + (", figures of fewer images" if figure_kw else "") + (f", {note}" if note else "")
+                  + "; --final-eval full for the complete one", flush=True)
         if hasattr(trainer.fam, "final_metrics"):
-            result.update(trainer.fam.final_metrics(trainer.model, trainer.data, cfg.model, g))
+            t0 = time.perf_counter()
+            result.update(trainer.fam.final_metrics(model, trainer.data, cfg.model, g))
+            phase_log("the family's final metrics", t0)
+        if short:
+            result["quick_end"] = 1
         trainer.log("test", result)
-        trainer.sample_grid("final")
-        trainer.fam.figures(trainer.model, trainer.data, run_dir / "figures", cfg.model, g)
+        t0 = time.perf_counter()
+        trainer.sample_grid("final", grid_n)
+        phase_log(f"final sample grid of {grid_n}", t0)
+        t0 = time.perf_counter()
+        trainer.fam.figures(model, trainer.data, run_dir / "figures", cfg.model, g, **figure_kw)
+        phase_log("figures", t0)
+    t0 = time.perf_counter()
     records = read_metrics(run_dir / "metrics.jsonl")
     losses = ["loss", "loss_d", "loss_g"]
     plot_curves(run_dir / "figures" / "loss.png", records, losses, title="training loss")
     other = sorted({k for r in records for k in r if k not in ("step", "split", "lr", "img_per_s", "elapsed",
-                                                               "nll_n", "grad_norm", "k", *losses)})
+                                                               "nll_n", "test_n", "quick_end", "compile_s", "grad_norm", "k",
+                                                               *losses)})
     if other:
         plot_curves(run_dir / "figures" / "curves.png", records, other[:6])
     if cfg.train.fid_every:
@@ -215,8 +251,20 @@ def finish(trainer) -> None:
 
         fid_curve(run_dir / "figures" / "fid.png", records)
     write_report(run_dir)
+    phase_log("curves and report", t0)
+    write_json_atomic(run_dir / FINISHED, {"step": trainer.step, "end_of_run_s": round(time.perf_counter() - t_start, 2)})
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
     print(f"done: {run_dir} (test: {summary})\nreport: {run_dir / 'report.html'}")
+
+
+def is_finished(run_dir: Path, step: int) -> bool:
+    """Whether the end-of-run work was done for the run's checkpoint at `step`."""
+    import json
+
+    try:
+        return json.loads((run_dir / FINISHED).read_text())["step"] == step
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def load(run: str | Path, device: str = "cpu", ema: bool = True, step: int | None = None):
@@ -246,6 +294,7 @@ def sample(run_or_model, n: int = 64, seed: int = 0, device: str = "cpu", progre
     from tqdm import tqdm
 
     model = run_or_model if isinstance(run_or_model, torch.nn.Module) else load(run_or_model, device=device)
+    check_sampler(model, kwargs.get("sampler"), kwargs.get("steps"))
     g = torch.Generator(model.device).manual_seed(seed)
     out = []
     with tqdm(total=n, disable=not progress, unit="sample") as bar:
@@ -254,6 +303,19 @@ def sample(run_or_model, n: int = 64, seed: int = 0, device: str = "cpu", progre
             out.append(model.sample(k, generator=g, **kwargs))
             bar.update(k)
     return torch.cat(out)
+
+
+def check_sampler(model, sampler: str | None, steps: int | None) -> None:
+    """Refuse a sampler, or a number of steps, that the model's family does not take."""
+    from genlab.family import FAMILIES, family
+
+    name = model.config.family if hasattr(model, "config") else type(model).__name__
+    if (sampler or steps) and not model.samplers:
+        takes = [f for f in FAMILIES if getattr(family(f), "SAMPLERS", ())]
+        raise GenlabError(f"model '{name}' has one way to sample: --sampler and --steps apply to "
+                          f"{', '.join(takes)}")
+    if sampler and sampler not in model.samplers:
+        raise GenlabError(f"unknown sampler '{sampler}' for {name} (available: {', '.join(model.samplers)})")
 
 
 def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str = "cpu", seed: int = 0,
@@ -345,8 +407,10 @@ def inpaint(run: str | Path, image: str | Path, mask: str | Path | None = None, 
     if (mask is None) == (box is None):
         raise GenlabError("give exactly one of --mask FILE or --box x,y,w,h")
     model = load(run, device=device)
-    if not hasattr(model, "inpaint"):
-        raise GenlabError(f"model '{model.config.family}' cannot inpaint")
+    if not hasattr(model, "inpaint") or len(model.data_shape) != 3:
+        what = "was trained on 2-D points" if len(model.data_shape) != 3 else "cannot inpaint"
+        raise GenlabError(f"model '{model.config.family}' {what}: inpainting needs an image model "
+                          f"(ncsn or inpaint-gan on images)")
     x = read_image(image, model.data_shape).to(device)
     m = (read_image(mask, (1, *model.data_shape[1:])) > 0.5).float() if mask else box_mask(box, model.data_shape)
     g = torch.Generator(device).manual_seed(seed)

@@ -20,6 +20,7 @@ points (Song and Ermon 2020, technique 1), so that Langevin can move samples bet
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -149,6 +150,15 @@ class NCSN(GenerativeModel):
     def score(self, x, sigma):
         return self.net(x, sigma)
 
+    @contextlib.contextmanager
+    def quick(self, steps: int = 5):
+        """A few Langevin steps per noise level instead of T: the end of a smoke run, not a result."""
+        saved, self.T = self.T, min(self.T, steps)
+        try:
+            yield f"{self.T} Langevin steps per noise level instead of {saved}"
+        finally:
+            self.T = saved
+
     def loss(self, batch):
         x = batch[0]
         return {"loss": dsm_loss(self.score, x, self.sigmas)}
@@ -246,10 +256,10 @@ def final_metrics(model: NCSN, data, cfg: Config, generator) -> dict[str, float]
 
 
 @torch.no_grad()
-def figures(model: NCSN, data, out_dir, cfg: Config, generator: torch.Generator) -> list[str]:
+def figures(model: NCSN, data, out_dir, cfg: Config, generator: torch.Generator, quick: bool = False) -> list[str]:
     if data.kind == "points":
         return points_figures(model, data, out_dir, generator)
-    return image_figures(model, data, out_dir, generator)
+    return image_figures(model, data, out_dir, generator, n=16 if quick else 64)
 
 
 def _limits(points):
@@ -327,18 +337,18 @@ def points_figures(model, data, out_dir, generator):
     return paths
 
 
-def image_figures(model, data, out_dir, generator):
-    """Samples, one sample per noise level along a run, and inpainting of test images."""
+def image_figures(model, data, out_dir, generator, n: int = 64):
+    """n samples, one sample per noise level along a run, and inpainting of test images."""
     from genlab.inpaint_gan import box_masks
     from genlab.viz import save_grid
 
     paths = [f"{out_dir}/samples.png", f"{out_dir}/langevin_levels.png", f"{out_dir}/inpaint.png"]
-    final, traj = model.sample(64, generator=generator, return_traj=True)
-    save_grid(paths[0], final, nrow=8)
+    final, traj = model.sample(n, generator=generator, return_traj=True)
+    save_grid(paths[0], final, nrow=8 if n >= 64 else 4)
     T = model.T
     levels = torch.stack([traj[(i + 1) * T - 1, :8] for i in range(len(model.sigmas))], 1)  # (8, L, C, H, W)
     save_grid(paths[1], levels.clamp(0, 1).flatten(0, 1), nrow=len(model.sigmas))
-    x = data.floats("test")[:10].to(model.device)
+    x = data.floats("test")[: 10 if n >= 64 else 4].to(model.device)
     m = box_masks(torch.rand(len(x), 4, generator=generator, device=model.device), model.shape[-1])
     done = model.inpaint(x, m, generator)
     save_grid(paths[2], torch.stack([x * (1 - m) + 0.5 * m, done, x], 1).flatten(0, 1), nrow=9)

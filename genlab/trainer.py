@@ -30,6 +30,12 @@ from genlab.data import Dataset, DeviceBatches, EpochBatches, InMemory, batches,
 from genlab.errors import GenlabError, TrainingStopped
 
 
+# With final_eval=auto the end-of-run work is sized to the run: test examples scale with the steps
+# (EXAMPLES_PER_STEP, at least SHORT_RUN_EXAMPLES, at most final_eval_n), and a run of fewer than
+# SHORT_RUN_STEPS steps (a smoke run) gets a quick end: a small grid, figures of few images, short samplers.
+SHORT_RUN_EXAMPLES, EXAMPLES_PER_STEP, SHORT_RUN_STEPS, SHORT_RUN_GRID = 16, 5, 100, 16
+
+
 class NonFiniteLoss(Exception):
     def __init__(self, what: str, step: int):
         super().__init__(what)
@@ -259,7 +265,8 @@ class Trainer:
         self.main = parallel.is_main()
         n_batches = len(data.train) // tc.batch_size
         self.total = tc.steps or tc.epochs * n_batches
-        self.sample_every = tc.sample_every or (0 if tc.sample_each_epoch else max(1, self.total // 10))
+        # about ten grids a run, none closer than 100 steps: a short run draws only its final grid
+        self.sample_every = tc.sample_every or (0 if tc.sample_each_epoch else max(100, self.total // 10))
         self.checkpoint_every = tc.checkpoint_every or max(1, self.total // 10)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.elapsed = self.paused = 0.0
@@ -371,26 +378,46 @@ class Trainer:
 
     # -- periodic work -----------------------------------------------------------
 
-    def sample_grid(self, name: str) -> Path:
+    def sample_grid(self, name: str, n: int = 0) -> Path:
         from genlab.viz import save_sample_file
 
         g = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 1)  # the same noise every time
         with evaluation_mode(self.model, self.ema):
-            x = self.model.preview(self.cfg.train.n_samples, g, self.data)
+            x = self.model.preview(n or self.cfg.train.n_samples, g, self.data)
         path = self.run_dir / "samples" / f"{name}.png"
         save_sample_file(path, x)
         return path
 
+    def final_eval_size(self) -> int:
+        """Test examples for the end-of-run test pass and likelihood (see TrainConfig.final_eval)."""
+        n_test = len(self.data.test)
+        if self.cfg.train.final_eval == "full":
+            return n_test
+        n = min(n_test, self.cfg.train.final_eval_n or n_test)
+        return min(n, max(SHORT_RUN_EXAMPLES, EXAMPLES_PER_STEP * self.total))
+
+    @property
+    def short_run(self) -> bool:
+        return self.cfg.train.final_eval == "auto" and self.total < SHORT_RUN_STEPS
+
     @torch.no_grad()
-    def evaluate(self, final: bool = False) -> dict[str, float]:
-        """Average `eval_step` over the test set (with the EMA weights), plus the NLL at the end."""
+    def evaluate(self, final: bool = False, log=None) -> dict[str, float]:
+        """Average `eval_step` over the test set (with the EMA weights); at the end, over final_eval_size()
+        examples, plus the NLL on as many. `log(line)` hears what each part did and how long it took."""
         devices = [self.device] if self.device.type == "cuda" else []
+        limit = self.final_eval_size() if final else 0
         with evaluation_mode(self.model, self.ema), torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.train.seed + 2)  # the same evaluation noise every time
-            result = test_averages(self.model, self.data, self.device)
+            t0 = time.perf_counter()
+            result = test_averages(self.model, self.data, self.device, limit)
+            result["test_n"] = limit or len(self.data.test)
+            if log:
+                log(f"test pass on {result['test_n']} of {len(self.data.test)} test examples", t0)
             if final and hasattr(self.model, "nll"):
-                result.update(likelihood(self.model, self.data, self.cfg.train.final_eval_n, self.device,
-                                         self.cfg.train.seed + 3))
+                t0 = time.perf_counter()
+                result.update(likelihood(self.model, self.data, limit, self.device, self.cfg.train.seed + 3))
+                if log:
+                    log(f"likelihood of {result['nll_n']} test examples", t0)
         return result
 
     @torch.no_grad()

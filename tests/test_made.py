@@ -82,7 +82,7 @@ def test_made_validation():
 def test_made_end_to_end(tmp_path):
     run = tmp_path / "made"
     model = genlab.train("made", out=run, dataset="digits", image_size=8, hidden=[32], num_masks=2, steps=20,
-                         batch_size=32, progress=False)
+                         batch_size=32, progress=False, final_eval="full")
     import json
 
     test = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
