@@ -12,9 +12,11 @@ ceiling the loop is read against.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 import genlab
+import genlab.runs
 from genlab.trainer import read_metrics
 
 SEED_DDPM = dict(dataset="digits", image_size=32, channels=3, dim=16, dim_mults=[1, 2, 4, 8], time_steps=50,
@@ -35,7 +38,9 @@ def loop_img_per_s(device: str, batch_size: int, steps: int, compile_: bool, log
                     checkpoint_every=10 ** 9, final_eval_n=1, progress=False, device=device)
         if compile_:
             opts["compile"] = True
-        genlab.train("ddpm", out=run, **opts)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON line alone
+            genlab.runs.finish = lambda trainer: None  # the loop alone: no end-of-run evaluation and figures
+            genlab.train("ddpm", out=run, **opts)
         train = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"]
     rates = [r["img_per_s"] for r in train[1:]] or [train[0]["img_per_s"]]
     return statistics.median(rates), {k: train[0][k] for k in ("compile_s",) if k in train[0]}

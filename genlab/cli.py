@@ -22,6 +22,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _shown(value) -> str:
+    """A default as it is typed on the command line (lists comma-separated)."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def _add_fields(group, rows, defaults: dict, taken: set[str]) -> None:
     """One flag per config field (rows from `describe`); a name already taken stays reachable by --set."""
     for name, type_name, default, help_ in rows:
@@ -29,7 +34,7 @@ def _add_fields(group, rows, defaults: dict, taken: set[str]) -> None:
             continue
         taken.add(name)
         default = defaults.get(name, default)
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        shown = _shown(default)
         group.add_argument(_flag(name), dest=name, default=argparse.SUPPRESS, metavar=type_name.upper(),
                            help=f"{help_} (default: {shown})")
 
@@ -66,7 +71,7 @@ def kind_defaults(fam) -> list[str]:
     lines = []
     for kind in dict.fromkeys([*by_train, *by_model]):
         values = {**by_train.get(kind, {}), **by_model.get(kind, {})}
-        lines.append(f"on {kind} data: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        lines.append(f"on {kind} data: " + ", ".join(f"{_flag(k)} {_shown(v)}" for k, v in values.items()))
     return lines
 
 
@@ -111,7 +116,7 @@ def cmd_sample(a) -> int:
         kwargs["sampler"] = a.sampler
     if a.steps:
         kwargs["steps"] = a.steps
-    x = sample(model, a.n, seed=a.seed, progress=True, **kwargs)
+    x = sample(model, a.n, seed=a.seed, progress=True, batch_size=a.batch_size, **kwargs)
     save_sample_file(out, x)
     print(out)
     return 0
@@ -169,12 +174,12 @@ def cmd_models(a) -> int:
         print(f"{name}: {FAMILIES[name][1]}")
         if a.model or len(names) == 1:
             print(f"  trains on {fam.DATA_KIND} data; default data set: {fam.DATA_DEFAULTS.get('dataset')}")
-            print("  training defaults: " + ", ".join(f"{k}={v}" for k, v in fam.TRAIN_DEFAULTS.items()))
+            print("  training defaults: " + ", ".join(f"{_flag(k)} {_shown(v)}" for k, v in fam.TRAIN_DEFAULTS.items()))
             for line in kind_defaults(fam):
                 print(f"  {line}")
-            print("  options (--set model.NAME=VALUE or --name VALUE):")
+            print("  options (the flag, or --set model.NAME=VALUE):")
             for fname, type_name, default, help_ in describe(fam.Config):
-                print(f"    {fname:<16} {type_name:<10} {str(default):<14} {help_}")
+                print(f"    {_flag(fname):<20} {type_name:<10} {_shown(default):<14} {help_}")
     if not a.model:
         print("\nmore: genlab models MODEL")
     return 0
@@ -198,6 +203,7 @@ def build_parser() -> Parser:
     s.add_argument("--steps", type=int, help="sampling steps, for samplers that take a number")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
+    s.add_argument("--batch-size", type=int, default=0, help="samples drawn at once (default: 256 on a CPU, 2048 on a GPU)")
     s.add_argument("-o", "--output", metavar="FILE", help="FILE.png (a grid) or FILE.npz (key 'samples')")
 
     e = sub.add_parser("eval", help="evaluate a trained run on its test set")
@@ -242,9 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.command is None:
             build_parser().print_help()
             return 0
-        for k in ("n", "steps", "k"):
-            if getattr(a, k, None) is not None and getattr(a, k) < (0 if k == "n" and a.command == "eval" else 1):
-                raise GenlabError(f"--{k} must be a positive number")
+        for k in ("n", "steps", "k", "batch_size"):
+            low = 0 if k == "batch_size" or (k == "n" and a.command == "eval") else 1
+            if getattr(a, k, None) is not None and getattr(a, k) < low:
+                raise GenlabError(f"--{k.replace('_', '-')} must be {'at least 0' if low == 0 else 'a positive number'}")
         return {"sample": cmd_sample, "eval": cmd_eval, "inpaint": cmd_inpaint, "report": cmd_report, "datasets": cmd_datasets,
                 "models": cmd_models}[a.command](a)
     except GenlabError as e:
@@ -256,3 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("genlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `genlab models ncsn | head`: the reader left, nothing is wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141

@@ -20,10 +20,40 @@ img{max-width:100%;image-rendering:pixelated}
 """
 
 
+# What each figure shows, by file name (grids read left to right, top to bottom).
+CAPTIONS = {
+    "final": "samples of the trained model (EMA weights where the run keeps them)",
+    "loss": "training loss (per log line) and test loss",
+    "curves": "the other logged quantities",
+    "fid": "sample quality during training",
+    "forward": "forward process q(x_t | x_0): rows are images, columns 0/25/50/75/99% of T",
+    "backward": "backward process from the 99% column of the forward figure, at the same time steps",
+    "strip": "one sampling run from pure noise: x_t at the time steps shown",
+    "samples": "samples of the trained model",
+    "samples_t07": "samples at temperature 0.7",
+    "test_images": "test images, for comparison with the samples",
+    "reconstructions": "pairs in each row: a test image, then its reconstruction",
+    "interpolations": "decoded interpolations between the latents of two test images, one pair per row",
+    "traversal": "decoder means over a grid of two latent dimensions, the others at 0",
+    "inpaint": "triples in each row: masked input (hole in grey), completion, original",
+    "inpaint_box": "triples in each row: input with a box hole (grey), completion, original",
+    "inpaint_free": "triples in each row: input with free-form holes (grey), completion, original",
+    "translate_xy": "rows: x, G(x), F(G(x))",
+    "translate_yx": "rows: y, F(y), G(F(y))",
+    "density": "training data, model density and samples over the same area",
+    "score_field": "the learned score at the smallest and largest noise level",
+    "langevin_steps": "samples along one annealed Langevin run",
+    "langevin_levels": "one row per sample: its state at the end of each noise level, largest first",
+    "trajectories": "two Langevin trajectories over the smaller noise levels, coloured by step",
+}
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">' \
-           f"<figcaption>{html.escape(path.name)}</figcaption></figure>"
+    caption = CAPTIONS.get(path.stem) or CAPTIONS.get(path.stem.split("_")[0], "")
+    caption = f"{path.stem}: {caption}" if caption else path.stem
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">' \
+           f"<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _table(records: list[dict]) -> str:
@@ -50,11 +80,12 @@ def write_report(run_dir: str | Path) -> Path:
     cfg = read_run_config(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
     last_train = [r for r in records if r.get("split") == "train"][-1:]
-    finals = [r for r in records if r.get("split") in ("test", "eval")][-4:]
+    steps = last_train[0]["step"] if last_train else 0
+    # the end-of-run test record and later `genlab eval` lines; tests during training are in the curves
+    finals = [r for r in records if (r.get("split") == "test" and r.get("step") == steps) or r.get("split") == "eval"]
     figures = sorted((run_dir / "figures").glob("*.png"))
     samples = sorted((run_dir / "samples").glob("*.png"))
     final = [p for p in samples if p.stem == "final"] or samples[-1:]
-    steps = last_train[0]["step"] if last_train else 0
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>genlab {html.escape(cfg.family)}: {html.escape(run_dir.name)}</title><style>{CSS}</style></head><body>",

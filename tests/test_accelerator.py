@@ -56,6 +56,15 @@ def test_without_cuda(monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "r").exists()  # nothing half-made
 
 
+@pytest.mark.parametrize("command", [["sample", "--n", "2"], ["eval", "--metrics", "loss", "--n", "4"],
+                                     ["inpaint", "--image", "x.png", "--box", "0,0,2,2"], ["train", "--resume"]])
+def test_every_command_honours_device(tiny_run, monkeypatch, capsys, command):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = [command[0], *(["--resume", str(tiny_run)] if command[0] == "train" else [str(tiny_run), *command[1:]])]
+    assert main([*argv, "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
 # -- no host reads inside a training step -----------------------------------------
 
 TINY = {  # family -> options: every family, a few steps each

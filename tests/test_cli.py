@@ -27,7 +27,7 @@ def test_models_and_datasets_list(capsys):
     assert main(["models"]) == 0
     assert "ddpm" in capsys.readouterr().out
     assert main(["models", "ddpm"]) == 0
-    assert "time_steps" in capsys.readouterr().out
+    assert "--time-steps" in capsys.readouterr().out  # the flag's spelling, as `genlab train` takes it
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
     assert "mnist" in out and "text:STRING" in out
