@@ -3,14 +3,19 @@
 A checkpoint is a folder `checkpoints/step_00001234/` written under a temporary
 name, flushed to disk and renamed into place, so a process killed at any moment
 leaves either the previous checkpoint or the new one, never half of one.
+`meta.json` records the size and SHA-256 of every tensor file, checked on load,
+so a file damaged later (a full disk, a bad copy) is found; `latest_intact`
+then falls back to the newest checkpoint that verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -47,10 +52,13 @@ def save(root: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], met
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    files = {}
     for name, sd in tensors.items():
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
-        _fsync(tmp / f"{name}.safetensors")
-    write_json_atomic(tmp / "meta.json", {"step": step, **meta})
+        path = tmp / f"{name}.safetensors"
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}, str(path))
+        _fsync(path)
+        files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    write_json_atomic(tmp / "meta.json", {"step": step, **meta, "files": files})
     _fsync(tmp)
     if final.exists():  # a resumed run saving the same step again
         old = root / f".old-step_{step:08d}-{os.getpid()}"
@@ -76,16 +84,76 @@ def latest(root: Path) -> Path | None:
     return root / f"step_{steps[-1]:08d}" if steps else None
 
 
-def load(path: Path, names: list[str] | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """Read a checkpoint folder: ({name: state_dict}, meta). Corrupt files give a GenlabError."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_meta(path: Path) -> dict:
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise GenlabError(f"checkpoint {path} is unreadable: {e}") from None
+    if not isinstance(meta, dict):
+        raise GenlabError(f"checkpoint {path} is unreadable: meta.json is not an object")
+    return meta
+
+
+def verify_file(path: Path, record: dict | None) -> None:
+    """Check a tensor file against its size and SHA-256 in meta.json (older checkpoints: that it parses)."""
+    if record is None:
+        return
+    if not path.is_file():
+        raise GenlabError(f"checkpoint file {path} is missing")
+    if path.stat().st_size != record["bytes"]:
+        raise GenlabError(f"checkpoint file {path} is damaged: {path.stat().st_size} bytes, {record['bytes']} written")
+    if _sha256(path) != record["sha256"]:
+        raise GenlabError(f"checkpoint file {path} is damaged: its SHA-256 differs from the one written")
+
+
+def verify(path: Path) -> None:
+    """Raise GenlabError unless every file of checkpoint `path` is as it was written."""
+    meta = read_meta(path)
+    records = meta.get("files")
+    if records is None:  # written before checksums were recorded: check that each file parses
+        for f in sorted(path.glob("*.safetensors")):
+            load(path, names=[f.stem])
+        return
+    for name, record in records.items():
+        verify_file(path / name, record)
+
+
+def latest_intact(root: Path, warn=None) -> Path | None:
+    """The newest checkpoint under `root` that verifies; each newer damaged one is reported with `warn`."""
+    warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+    damaged = []
+    for step in reversed(list_steps(root)):
+        path = root / f"step_{step:08d}"
+        try:
+            verify(path)
+        except GenlabError as e:
+            damaged.append((path.name, str(e)))
+            continue
+        for name, why in damaged:
+            warn(f"warning: checkpoint {name} is damaged ({why}); using {path.name}")
+        return path
+    if damaged:
+        raise GenlabError(f"no intact checkpoint in {root}: " + "; ".join(why for _, why in damaged))
+    return None
+
+
+def load(path: Path, names: list[str] | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """Read a checkpoint folder: ({name: state_dict}, meta). Damaged or corrupt files give a GenlabError."""
+    meta = read_meta(path)
+    records = meta.get("files") or {}
     tensors = {}
     for f in sorted(path.glob("*.safetensors")):
         if names is not None and f.stem not in names:
             continue
+        verify_file(f, records.get(f.name))
         try:
             tensors[f.stem] = load_file(str(f))
         except (SafetensorError, OSError) as e:

@@ -9,6 +9,7 @@ in `metadata`, so the CLI, `genlab models` and validation all read one source.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -198,6 +199,8 @@ def _coerce_type(tp, value, label):
             except ValueError:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise GenlabError(f"invalid value {value!r} for {label}: expected a finite number")
             return float(value)
         raise GenlabError(f"invalid value {value!r} for {label}: expected a number")
     if tp is str:

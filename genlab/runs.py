@@ -141,7 +141,8 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
             extra["steps"] = 0
         update(cfg.train, extra, "train.")
         update(cfg.train, parse_sets(list(sets), {"train": TrainConfig})["train"], "train.")
-        if checkpoint.latest(run_dir / "checkpoints") is None:
+        resume_from = checkpoint.latest_intact(run_dir / "checkpoints")
+        if resume_from is None:
             raise GenlabError(f"{run_dir} has no checkpoint to resume from")
     else:
         cfg = make_config(model, config, sets, **options)
@@ -151,6 +152,7 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
 
     device = resolve_device(cfg.train.device)  # before joining a process group: a bad device is one line
     parallel.setup(backend_kind(cfg.train.device))
+    created = started = False
     try:
         configure(device, cfg.train.deterministic)
         fam = family(cfg.family)
@@ -165,6 +167,7 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
             parallel.barrier()
             if parallel.is_main():
                 run_dir.mkdir(parents=True)
+                created = True
                 for sub in ("checkpoints", "samples", "figures"):
                     (run_dir / sub).mkdir()
         if parallel.is_main():
@@ -172,11 +175,12 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
         parallel.barrier()
         trainer = Trainer(cfg, run_dir, data, net, fam, device)
         if resume is not None:
-            trainer.restore(checkpoint.latest(run_dir / "checkpoints"))
+            trainer.restore(resume_from)
             if trainer.step >= trainer.total and is_finished(run_dir, trainer.step):
                 raise GenlabError(f"{run_dir} is already complete ({trainer.step} of {trainer.total} steps); "
                                   f"pass --steps N to train it further")
             # a run stopped during its end-of-run work goes straight to it
+        started = True
         trainer.fit()
         trainer.save()
         if parallel.is_main():
@@ -185,6 +189,12 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
             except KeyboardInterrupt:
                 raise TrainingStopped(f"interrupted during the end-of-run work; genlab train --resume {run_dir} "
                                       f"completes it", 130) from None
+    except BaseException:
+        if created and not started:  # failed while setting up: leave no half-made run behind
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         parallel.barrier()
         parallel.teardown()
@@ -272,7 +282,7 @@ def load(run: str | Path, device: str = "cpu", ema: bool = True, step: int | Non
     run = Path(run)
     cfg = read_run_config(run)
     root = run / "checkpoints"
-    path = checkpoint.latest(root) if step is None else root / f"step_{step:08d}"
+    path = checkpoint.latest_intact(root) if step is None else root / f"step_{step:08d}"
     if path is None or not (path / "meta.json").is_file():
         raise GenlabError(f"{run} has no checkpoint{'' if step is None else f' at step {step}'}")
     tensors, meta = checkpoint.load(path, names=["model", "ema"])

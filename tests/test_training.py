@@ -204,3 +204,49 @@ def tiny_seed_run(tmp_path, args):
     subprocess.run(genlab_cmd("train", "ddpm", "--out", str(out), *args, "--seed", "1"), check=True,
                    capture_output=True, timeout=600)
     return out
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "damaged"
+    shutil.copytree(tiny_run, run)
+    steps = sorted((run / "checkpoints").glob("step_*"))
+    assert len(steps) == 2
+    newest = steps[-1] / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-100])  # truncated, as by a full disk
+    model = genlab.load(run)
+    assert model.step == int(steps[0].name[5:])
+    assert f"checkpoint {steps[-1].name} is damaged" in capsys.readouterr().err
+    assert main(["sample", str(run), "--n", "2", "-o", str(tmp_path / "s.npz")]) == 0
+    assert main(["train", "--resume", str(run)]) == 0  # from the intact one, to the end again
+    assert genlab.load(run).step == 8
+    # a flipped byte of the same length is found by the checksum
+    steps = sorted((run / "checkpoints").glob("step_*"))
+    for s in steps:
+        data = bytearray((s / "ema.safetensors").read_bytes())
+        data[-1] ^= 0xFF
+        (s / "ema.safetensors").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["sample", str(run), "--n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "no intact checkpoint" in err and "SHA-256" in err and err.count("\n") == 1
+
+
+def test_a_bad_number_fails_before_anything_is_written(tmp_path, capsys):
+    for value in ("nan", "inf"):
+        assert main(["train", "ddpm", "--lr", value, "--steps", "2", "--out", str(tmp_path / "x")]) == 2
+        assert "finite" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_setup_failure_leaves_no_run_directory(tmp_path, monkeypatch, capsys):
+    import genlab.trainer
+    from genlab.errors import GenlabError
+
+    def broken(*a, **k):
+        raise GenlabError("broken optimizer")
+
+    monkeypatch.setattr(genlab.trainer.Trainer, "__init__", broken)
+    assert main(["train", "ddpm", "--steps", "2", "--out", str(tmp_path / "x"), "--progress", "false"]) == 2
+    assert "broken optimizer" in capsys.readouterr().err and not (tmp_path / "x").exists()
