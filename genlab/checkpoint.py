@@ -126,8 +126,12 @@ def verify(path: Path) -> None:
         verify_file(path / name, record)
 
 
-def latest_intact(root: Path, warn=None) -> Path | None:
-    """The newest checkpoint under `root` that verifies; each newer damaged one is reported with `warn`."""
+def latest_intact(root: Path, warn=None, set_aside: bool = False) -> Path | None:
+    """The newest checkpoint under `root` that verifies; each newer damaged one is reported with `warn`.
+
+    With `set_aside` (a run about to continue) the damaged ones are renamed `.damaged-step_...`, so
+    that they are neither kept in place of good ones nor taken for the latest again.
+    """
     warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
     damaged = []
     for step in reversed(list_steps(root)):
@@ -138,7 +142,11 @@ def latest_intact(root: Path, warn=None) -> Path | None:
             damaged.append((path.name, str(e)))
             continue
         for name, why in damaged:
-            warn(f"warning: checkpoint {name} is damaged ({why}); using {path.name}")
+            kept = ""
+            if set_aside:
+                os.replace(root / name, root / f".damaged-{name}")
+                kept = f" (set aside as .damaged-{name})"
+            warn(f"warning: checkpoint {name} is damaged ({why}){kept}; using {path.name}")
         return path
     if damaged:
         raise GenlabError(f"no intact checkpoint in {root}: " + "; ".join(why for _, why in damaged))

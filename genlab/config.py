@@ -83,8 +83,9 @@ class TrainConfig:
     n_samples: int = opt(64, "images in each sample grid", min=1)
     final_eval_n: int = opt(1000, "test examples for the test pass and likelihood at the end of training (0: all)",
                             min=0)
-    final_eval: str = opt("auto", "end-of-run evaluation: auto uses final_eval_n test examples, fewer for a short "
-                                  "run (10 per step, at least 100); full uses the whole test set",
+    final_eval: str = opt("auto", "end-of-run work: auto uses 5 test examples per step (at least 16, at most "
+                                  "final_eval_n) and a quick end for runs under 100 steps; full: the whole test "
+                                  "set and every figure in full",
                           choices=["auto", "full"])
     progress: bool = opt(True, "show a progress bar")
     tracking: str = opt("none", "also log to tensorboard or wandb", choices=["none", "tensorboard", "wandb"])

@@ -36,6 +36,9 @@ def resolve_device(name: str = "auto", world: int | None = None, local_rank: int
         text = name[len("cuda:"):]
         if not text.isdigit():
             raise GenlabError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N with N a number)")
+        if world > 1:
+            raise GenlabError(f"--device {name} would put all {world} processes on one GPU; under torchrun use "
+                              f"--device cuda (each process takes the GPU of its local rank)")
         index = int(text)
     if index >= count:
         raise GenlabError(f"device cuda:{index} requested but this machine has {count} CUDA device(s)")
@@ -52,7 +55,7 @@ def configure(device: torch.device, deterministic: bool = False) -> None:
     """
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)  # set either way: a process may train twice
     if device.type != "cuda":
         return
     torch.cuda.set_device(device)

@@ -185,7 +185,9 @@ class GAN(GenerativeModel):
 
     def d_loss(self, batch):
         x, z = batch
-        real, fake = self.discriminator(x), self.discriminator(self.generator(z).detach())
+        with torch.no_grad():  # no graph for a backward that never runs
+            x_fake = self.generator(z)
+        real, fake = self.discriminator(x), self.discriminator(x_fake)
         return {"loss": bce_real(real) + bce_fake(fake), "d_real": torch.sigmoid(real).mean(),
                 "d_fake": torch.sigmoid(fake).mean()}
 

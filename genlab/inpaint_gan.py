@@ -154,7 +154,9 @@ class InpaintGAN(GenerativeModel):
 
     def d_loss(self, batch):
         x, m = batch
-        real, fake = self.discriminator(x), self.discriminator(self.complete(x, m).detach())
+        with torch.no_grad():  # no graph for a backward that never runs
+            x_fake = self.complete(x, m)
+        real, fake = self.discriminator(x), self.discriminator(x_fake)
         return {"loss": bce_real(real) + bce_fake(fake), "d_real": torch.sigmoid(real).mean(),
                 "d_fake": torch.sigmoid(fake).mean()}
 

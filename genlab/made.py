@@ -108,11 +108,17 @@ class MADE(GenerativeModel):
         if getattr(self, "current_mask", None) == i:
             return
         degrees, hidden, out, direct = self.masks_of(i)
+        device = self.out.mask.device
+        if out.device != device:  # kept where the model is (as bool): switching masks is then device copies
+            hidden, out, direct = [m.to(device, torch.bool) for m in hidden], out.to(device, torch.bool), \
+                direct.to(device, torch.bool)
+            self._mask_cache[i] = (degrees, hidden, out, direct)
         for layer, m in zip(self.layers, hidden):
             layer.mask.copy_(m)
-        self.out.mask.copy_(out.repeat_interleave(self.K, 0))  # K outputs per input dimension
+        # K outputs per input dimension: row d of the mask for each of its K rows, without materialising them
+        self.out.mask.view(self.D, self.K, -1).copy_(out[:, None, :])
         if self.direct is not None:
-            self.direct.mask.copy_(direct.repeat_interleave(self.K, 0))
+            self.direct.mask.view(self.D, self.K, -1).copy_(direct[:, None, :])
         self.order = degrees[0]
         self.current_mask = i
 

@@ -82,6 +82,12 @@ def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
         offset += t.numel()
 
 
+def all_reduce_max_(t: torch.Tensor) -> None:
+    """The element-wise maximum over processes, in place."""
+    if world() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
+
 def broadcast_parameters(module: torch.nn.Module) -> None:
     if world() > 1:
         for t in list(module.parameters()) + list(module.buffers()):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import math
 import time
 from pathlib import Path
@@ -141,7 +142,7 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
             extra["steps"] = 0
         update(cfg.train, extra, "train.")
         update(cfg.train, parse_sets(list(sets), {"train": TrainConfig})["train"], "train.")
-        resume_from = checkpoint.latest_intact(run_dir / "checkpoints")
+        resume_from = checkpoint.latest_intact(run_dir / "checkpoints", set_aside=True)
         if resume_from is None:
             raise GenlabError(f"{run_dir} has no checkpoint to resume from")
     else:
@@ -176,10 +177,13 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
         trainer = Trainer(cfg, run_dir, data, net, fam, device)
         if resume is not None:
             trainer.restore(resume_from)
-            if trainer.step >= trainer.total and is_finished(run_dir, trainer.step):
-                raise GenlabError(f"{run_dir} is already complete ({trainer.step} of {trainer.total} steps); "
-                                  f"pass --steps N to train it further")
-            # a run stopped during its end-of-run work goes straight to it
+            if trainer.step >= trainer.total:
+                if is_finished(run_dir, trainer.step, cfg.train.final_eval):
+                    raise GenlabError(f"{run_dir} is already complete ({trainer.step} of {trainer.total} steps); "
+                                      f"pass --steps N to train it further, or --final-eval full for the "
+                                      f"complete end-of-run work")
+                # the end-of-run work is owed (stopped during it, or asked for in full): its test rows are redone
+                drop_records(run_dir / "metrics.jsonl", lambda r: r.get("split") == "test" and r["step"] == trainer.step)
         started = True
         trainer.fit()
         trainer.save()
@@ -190,7 +194,8 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
                 raise TrainingStopped(f"interrupted during the end-of-run work; genlab train --resume {run_dir} "
                                       f"completes it", 130) from None
     except BaseException:
-        if created and not started:  # failed while setting up: leave no half-made run behind
+        # failed while setting up, or before its first checkpoint: leave no half-made run behind
+        if created and (not started or checkpoint.latest(run_dir / "checkpoints") is None):
             import shutil
 
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -217,6 +222,7 @@ def finish(trainer) -> None:
 
     run_dir, cfg, model = trainer.run_dir, trainer.cfg, trainer.model
     t_start = time.perf_counter()
+    write_json_atomic(run_dir / FINISHED, {"step": trainer.step, "done": False})  # owed until the end
     n = trainer.final_eval_size()
     how = "all" if n == len(trainer.data.test) else f"{n} (--final-eval full for all {len(trainer.data.test)})"
     print(f"end of run: evaluating on {how} test examples, then samples and figures", flush=True)
@@ -262,19 +268,38 @@ def finish(trainer) -> None:
         fid_curve(run_dir / "figures" / "fid.png", records)
     write_report(run_dir)
     phase_log("curves and report", t0)
-    write_json_atomic(run_dir / FINISHED, {"step": trainer.step, "end_of_run_s": round(time.perf_counter() - t_start, 2)})
+    write_json_atomic(run_dir / FINISHED, {"step": trainer.step, "done": True, "final_eval": "quick" if short else "full",
+                                           "end_of_run_s": round(time.perf_counter() - t_start, 2)})
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
     print(f"done: {run_dir} (test: {summary})\nreport: {run_dir / 'report.html'}")
 
 
-def is_finished(run_dir: Path, step: int) -> bool:
-    """Whether the end-of-run work was done for the run's checkpoint at `step`."""
-    import json
+def is_finished(run_dir: Path, step: int, final_eval: str = "auto") -> bool:
+    """Whether the end-of-run work was done for the checkpoint at `step` (in full, when `final_eval` is full).
 
+    Runs from before finished.json existed count as finished when their last step has a test record."""
+    from genlab.trainer import read_metrics
+
+    if not (run_dir / FINISHED).exists():
+        return any(r.get("split") == "test" and r.get("step") == step for r in read_metrics(run_dir / "metrics.jsonl"))
     try:
-        return json.loads((run_dir / FINISHED).read_text())["step"] == step
-    except (OSError, ValueError, KeyError):
+        done = json.loads((run_dir / FINISHED).read_text())
+    except (OSError, ValueError):
         return False
+    if not isinstance(done, dict) or done.get("step") != step or not done.get("done"):
+        return False
+    return final_eval != "full" or done.get("final_eval") == "full"
+
+
+def drop_records(path: Path, unwanted) -> None:
+    """Rewrite metrics.jsonl without the records for which `unwanted(record)` is true."""
+    from genlab.trainer import read_metrics
+
+    if path.is_file():
+        keep = [r for r in read_metrics(path) if not unwanted(r)]
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp.replace(path)
 
 
 def load(run: str | Path, device: str = "cpu", ema: bool = True, step: int | None = None):
@@ -340,8 +365,6 @@ def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str =
     loss and nll use n test examples (0: all); fid, kid, pr and is use n samples (0: 10,000), drawn
     from the model or given as an array / .npz file (key "samples", (N, C, H, W) in [0, 1]).
     """
-    import json
-
     from genlab.evaluation import SAMPLE_METRICS, choose_features, log_stderr, sample_metrics
     from genlab.trainer import likelihood, test_averages
 

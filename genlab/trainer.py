@@ -343,10 +343,12 @@ class Trainer:
 
         One read from the device for all of it."""
         params = [p.detach() for group in self.ctx.params.values() for p in group]
-        weights_ok = torch.stack([p.isfinite().all() for p in params]).all().to(torch.float64).reshape(1)
-        *flags, ok = torch.cat([self.ctx.nonfinite_flags(), weights_ok]).tolist()
+        weights_bad = (~torch.stack([p.isfinite().all() for p in params]).all()).to(torch.float64).reshape(1)
+        state = torch.cat([self.ctx.nonfinite_flags(), weights_bad])
+        parallel.all_reduce_max_(state)  # every process stops at the same step
+        *flags, bad = state.tolist()
         self.ctx.raise_if_nonfinite(flags)
-        if not ok:
+        if bad:
             raise NonFiniteLoss("the weights are not finite", self.step)
 
     def save(self) -> None:
@@ -480,10 +482,10 @@ class Trainer:
                     acc_n += 1
                     bar.update(1)
                     if self.step % tc.log_every == 0 or self.step == self.total:
+                        means = self._read_means(acc, acc_n)  # waits for the device: the time is taken after
                         now = time.perf_counter()
                         interval = max(now - t_last - self.paused, 1e-9)
                         self.elapsed += interval
-                        means = self._read_means(acc, acc_n)
                         self.log("train", {**means, "lr": self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"],
                                            "img_per_s": seen / interval, "elapsed": self.elapsed, **self.log_once})
                         self.log_once = {}
@@ -520,8 +522,10 @@ class Trainer:
         """The interval's means as floats, after checking the losses were finite: one read from the device."""
         vals = [torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for v in acc.values()]
         means = torch.stack(vals) / n if vals else torch.zeros(0, dtype=torch.float64, device=self.device)
+        flags = self.ctx.nonfinite_flags()
         parallel.all_reduce_mean_([means])  # on the device: NCCL reduces GPU tensors, gloo CPU ones
-        *values, = torch.cat([means, self.ctx.nonfinite_flags()]).tolist()
+        parallel.all_reduce_max_(flags)  # a non-finite loss on any process stops them all, at the same step
+        *values, = torch.cat([means, flags]).tolist()
         self.ctx.raise_if_nonfinite(values[len(acc):])
         return dict(zip(acc, values[: len(acc)]))
 
@@ -544,6 +548,9 @@ class Trainer:
         sample = self.sample_every and self.step % self.sample_every == 0 and self.step < self.total
         evaluate = tc.eval_every and self.step % tc.eval_every == 0 and self.step < self.total
         quality = tc.fid_every and self.step % tc.fid_every == 0 and self.step < self.total
+        if (sample or evaluate or quality) and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # queued training work is training time, not a pause
+            t0 = time.perf_counter()
         if sample and self.main:
             self.sample_grid(f"step_{self.step:08d}")
         if evaluate and self.main:
@@ -559,7 +566,7 @@ class Trainer:
     def _nonfinite_message(self, what: str, step: int) -> str:
         last = checkpoint.latest(self.run_dir / "checkpoints")
         kept = (f"the last good checkpoint ({last.name}) is kept; genlab train --resume {self.run_dir} continues "
-                f"from it" if last else "no checkpoint was written yet")
+                f"from it" if last else "no checkpoint was written yet, so the run directory is removed")
         return (f"{what} at step {step}; training stopped and {kept}. "
                 f"Try a lower learning rate (--lr) or gradient clipping (--set train.grad_clip=1).")
 

@@ -27,7 +27,7 @@ def fake_cuda(monkeypatch):
 
 @pytest.mark.parametrize("name,world,rank,want", [
     ("auto", 1, 0, "cuda:0"), ("cuda", 1, 0, "cuda:0"), ("CUDA", 1, 0, "cuda:0"), ("cuda:1", 1, 0, "cuda:1"),
-    ("cpu", 1, 0, "cpu"), ("cuda", 2, 1, "cuda:1"), ("auto", 2, 1, "cuda:1"), ("cuda:0", 2, 1, "cuda:0"),
+    ("cpu", 1, 0, "cpu"), ("cuda", 2, 1, "cuda:1"), ("auto", 2, 1, "cuda:1"),
 ])
 def test_device_spellings_with_cuda(fake_cuda, name, world, rank, want):
     d = resolve_device(name, world=world, local_rank=rank)
@@ -43,6 +43,8 @@ def test_bad_devices_are_one_line_errors(fake_cuda, name):
 def test_torchrun_rank_past_the_gpus_is_an_error(fake_cuda):
     with pytest.raises(GenlabError, match="2 CUDA device"):
         resolve_device("cuda", world=4, local_rank=3)
+    with pytest.raises(GenlabError, match="one GPU"):  # cuda:N would put every process on GPU N
+        resolve_device("cuda:0", world=2, local_rank=1)
 
 
 def test_without_cuda(monkeypatch, capsys, tmp_path):

@@ -82,9 +82,22 @@ def test_an_interrupted_end_of_run_is_completed_by_resume(tmp_path, capsys, monk
     flags = ["--dataset", "digits", "--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--num-res-blocks", "1",
              "--attn-levels", "1", "--time-steps", "10", "--batch-size", "16", "--progress", "false"]
     assert main(["train", "ddpm", "--out", str(run), "--steps", "3", *flags]) == 130
-    assert "--resume" in capsys.readouterr().err and not (run / "finished.json").exists()
+    assert "--resume" in capsys.readouterr().err
+    assert json.loads((run / "finished.json").read_text())["done"] is False
     monkeypatch.setattr(genlab.ddpm, "figures", figures)
     assert main(["train", "--resume", str(run)]) == 0
-    assert (run / "finished.json").is_file() and (run / "figures" / "forward.png").is_file()
+    assert json.loads((run / "finished.json").read_text())["done"] and (run / "figures" / "forward.png").is_file()
+    assert len([r for r in records(run) if r["step"] == 3]) == 1  # the end's test record once, not twice
     assert main(["train", "--resume", str(run)]) == 2
+    assert "already complete" in capsys.readouterr().err
+
+
+def test_final_eval_full_on_resume_redoes_the_end_in_full(tmp_path, capsys):
+    run = tmp_path / "r"
+    genlab.train("ddpm", out=run, steps=3, **TINY_DDPM)
+    assert json.loads((run / "finished.json").read_text())["final_eval"] == "quick"
+    assert main(["train", "--resume", str(run), "--final-eval", "full"]) == 0
+    tests = records(run)
+    assert len([r for r in tests if r["step"] == 3]) == 1 and tests[-1]["test_n"] == 300  # redone, not repeated
+    assert main(["train", "--resume", str(run), "--final-eval", "full"]) == 2
     assert "already complete" in capsys.readouterr().err

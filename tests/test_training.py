@@ -221,6 +221,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tm
     assert main(["sample", str(run), "--n", "2", "-o", str(tmp_path / "s.npz")]) == 0
     assert main(["train", "--resume", str(run)]) == 0  # from the intact one, to the end again
     assert genlab.load(run).step == 8
+    assert (run / "checkpoints" / ".damaged-step_00000008").is_dir()  # set aside, not kept in place of good ones
     # a flipped byte of the same length is found by the checksum
     steps = sorted((run / "checkpoints").glob("step_*"))
     for s in steps:
