@@ -9,7 +9,7 @@ import torch.nn as nn
 from scipy.stats import multivariate_normal
 
 import genlab
-from genlab.flows import (ActNorm, AffineCoupling, ConvNet, CouplingFlow2d, Dequantiser, Flow, InvConv1x1, MLPNet,
+from genlab.flows import (ActNorm, AffineCoupling, ConvNet, CouplingFlow2d, Dequantiser, Flow, InvConv1x1,
                           MultiScaleFlow, Squeeze, checkerboard_mask, channel_mask)
 
 
