@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What only a GPU can show, in one command of a few minutes (no network, nothing but the project):
+# What only a GPU can show, in one command meant to take a few minutes (not yet timed on a GPU;
+# no network, nothing but the project):
 #   1. the CUDA-marked tests: every family trains, samples, evaluates with --device auto; exact resume
 #      (CUDA RNG state included); a GPU checkpoint resumes on the CPU
 #   2. one JSON line each: the DDPM seed config at batch 256 through `genlab train` beside the bare compiled

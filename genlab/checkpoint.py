@@ -153,10 +153,13 @@ def latest_intact(root: Path, warn=None, set_aside: bool = False) -> Path | None
     return None
 
 
-def load(path: Path, names: list[str] | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """Read a checkpoint folder: ({name: state_dict}, meta). Damaged or corrupt files give a GenlabError."""
+def load(path: Path, names: list[str] | None = None,
+         verified: bool = False) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """Read a checkpoint folder: ({name: state_dict}, meta). Damaged or corrupt files give a GenlabError.
+
+    `verified`: the files were just checked (by `latest_intact`), so their checksums are not read again."""
     meta = read_meta(path)
-    records = meta.get("files") or {}
+    records = {} if verified else meta.get("files") or {}
     tensors = {}
     for f in sorted(path.glob("*.safetensors")):
         if names is not None and f.stem not in names:

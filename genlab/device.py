@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from genlab import parallel
 from genlab.errors import GenlabError
 
 
@@ -19,7 +20,7 @@ def resolve_device(name: str = "auto", world: int | None = None, local_rank: int
     if world is None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
     if local_rank is None:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_rank = parallel.local_rank()
     name = (name or "auto").strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -48,10 +49,9 @@ def resolve_device(name: str = "auto", world: int | None = None, local_rank: int
 def configure(device: torch.device, deterministic: bool = False) -> None:
     """Make `device` the current one; on CUDA enable TF32, and cuDNN autotuning unless `deterministic`.
 
-    TF32 keeps fp32's range with a 10-bit mantissa in the tensor cores: several
-    times the fp32 throughput on Ampere and later, and well inside the noise of
-    stochastic training for these models. `deterministic` trades speed for
-    kernels that give the same bits on every run (exact resume on a GPU).
+    TF32 runs fp32 matmuls and convolutions on the tensor cores, with fp32's
+    range and a 10-bit mantissa. `deterministic` asks for kernels that give the
+    same bits on every run (exact resume on a GPU), at some cost in speed.
     """
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts

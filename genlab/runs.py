@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
     `options` are any field of the data, train or model config: genlab.train("ddpm", dataset="mnist", steps=500).
     """
     from genlab.device import backend_kind, configure, resolve_device
-    from genlab.trainer import Trainer
+    from genlab.trainer import Trainer, drop_metrics
 
     if resume is not None:
         run_dir = Path(resume)
@@ -176,14 +177,14 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
         parallel.barrier()
         trainer = Trainer(cfg, run_dir, data, net, fam, device)
         if resume is not None:
-            trainer.restore(resume_from)
+            trainer.restore(resume_from, verified=True)
             if trainer.step >= trainer.total:
                 if is_finished(run_dir, trainer.step, cfg.train.final_eval):
                     raise GenlabError(f"{run_dir} is already complete ({trainer.step} of {trainer.total} steps); "
                                       f"pass --steps N to train it further, or --final-eval full for the "
                                       f"complete end-of-run work")
                 # the end-of-run work is owed (stopped during it, or asked for in full): its test rows are redone
-                drop_records(run_dir / "metrics.jsonl", lambda r: r.get("split") == "test" and r["step"] == trainer.step)
+                drop_metrics(run_dir / "metrics.jsonl", lambda r: r.get("split") == "test" and r["step"] == trainer.step)
         started = True
         trainer.fit()
         trainer.save()
@@ -196,8 +197,6 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
     except BaseException:
         # failed while setting up, or before its first checkpoint: leave no half-made run behind
         if created and (not started or checkpoint.latest(run_dir / "checkpoints") is None):
-            import shutil
-
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
@@ -206,7 +205,8 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
     return load(run_dir, device=str(device)) if parallel.is_main() else None
 
 
-FINISHED = "finished.json"  # written last by `finish`: a run without it still owes its end-of-run work
+# finish() writes it with done: false when the end of the run starts and done: true when it is over
+FINISHED = "finished.json"
 
 
 def phase_log(what: str, t0: float) -> None:
@@ -291,17 +291,6 @@ def is_finished(run_dir: Path, step: int, final_eval: str = "auto") -> bool:
     return final_eval != "full" or done.get("final_eval") == "full"
 
 
-def drop_records(path: Path, unwanted) -> None:
-    """Rewrite metrics.jsonl without the records for which `unwanted(record)` is true."""
-    from genlab.trainer import read_metrics
-
-    if path.is_file():
-        keep = [r for r in read_metrics(path) if not unwanted(r)]
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        tmp.replace(path)
-
-
 def load(run: str | Path, device: str = "cpu", ema: bool = True, step: int | None = None):
     """A trained model from a run directory, in eval mode, with its EMA weights when it has them."""
     run = Path(run)
@@ -310,7 +299,7 @@ def load(run: str | Path, device: str = "cpu", ema: bool = True, step: int | Non
     path = checkpoint.latest_intact(root) if step is None else root / f"step_{step:08d}"
     if path is None or not (path / "meta.json").is_file():
         raise GenlabError(f"{run} has no checkpoint{'' if step is None else f' at step {step}'}")
-    tensors, meta = checkpoint.load(path, names=["model", "ema"])
+    tensors, meta = checkpoint.load(path, names=["model", "ema"], verified=step is None)  # latest_intact checked it
     fam = family(cfg.family)
     model = fam.build(cfg.model, meta["shape"], meta.get("num_classes", 0))
     checkpoint.load_state(model, tensors["model"], f"checkpoint {path}")
@@ -328,7 +317,7 @@ def sample(run_or_model, n: int = 64, seed: int = 0, device: str = "cpu", progre
            batch_size: int = 0, **kwargs):
     """n samples from a run (images in [0, 1] as (n, C, H, W); 2-D points as (n, 2)).
 
-    Drawn `batch_size` at a time (0: 256 on a CPU, 2048 on a GPU, where small batches leave it idle)."""
+    Drawn `batch_size` at a time (0: 256 on a CPU, 2048 on a GPU)."""
     from tqdm import tqdm
 
     model = run_or_model if isinstance(run_or_model, torch.nn.Module) else load(run_or_model, device=device)

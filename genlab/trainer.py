@@ -115,7 +115,6 @@ class StepContext:
         self.step = 0
         # per optimizer: the first step (1-based) whose loss was not finite, -1 while none was
         self.first_nonfinite = {name: torch.full((), -1, dtype=torch.long, device=device) for name in optimizers}
-        self._step_index = torch.zeros((), dtype=torch.long, device=device)
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -136,9 +135,8 @@ class StepContext:
             for k, v in out.items():
                 v = v.detach().float() / len(chunks)
                 logs[k] = logs[k] + v if k in logs else v
-        first = self.first_nonfinite[name]
-        self._step_index.fill_(self.step + 1)  # an in-place fill: no new host-to-device tensor each step
-        first.copy_(torch.where((first < 0) & ~torch.isfinite(logs["loss"]), self._step_index, first))
+        first = self.first_nonfinite[name]  # the step, a Python number, enters as a scalar: no transfer
+        first.copy_(torch.where((first < 0) & ~torch.isfinite(logs["loss"]), self.step + 1, first))
         parallel.all_reduce_mean_([p.grad for p in params if p.grad is not None])
         if self.grad_clip > 0:
             logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
@@ -206,14 +204,19 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
-def trim_metrics(path: Path, step: int) -> None:
-    """Drop records written after checkpoint `step`, which a resumed run will write again."""
+def drop_metrics(path: Path, unwanted) -> None:
+    """Rewrite metrics.jsonl atomically without the records for which `unwanted(record)` is true."""
     if not path.is_file():
         return
-    keep = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    keep = [r for r in read_metrics(path) if not unwanted(r)]
     tmp = path.with_name(".metrics.jsonl.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
     tmp.replace(path)
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop records written after checkpoint `step`, which a resumed run will write again."""
+    drop_metrics(path, lambda r: r.get("step", 0) > step)
 
 
 @contextlib.contextmanager
@@ -279,7 +282,7 @@ class Trainer:
             self.optimizers[name] = opt_cls(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, **kw)
             self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizers[name], lr_factor(tc.warmup_steps, tc.lr_schedule, self.total))
-        # bf16 autocast only when asked: measured slower than fp32 (TF32 on CUDA) for these small networks
+        # bf16 autocast only when asked: slower than fp32 for the seed U-Net on an H100 (issue 16's measurements)
         autocast = torch.bfloat16 if tc.precision == "bf16" else None
         self.ctx = StepContext(self.optimizers, self.schedulers, groups, tc.grad_clip, tc.grad_accum, autocast, device)
         if tc.batch_size % (tc.grad_accum * parallel.world()):
@@ -358,8 +361,9 @@ class Trainer:
             checkpoint.save(self.run_dir / "checkpoints", self.step, tensors, meta, self.cfg.train.keep_checkpoints)
         parallel.barrier()
 
-    def restore(self, path: Path) -> None:
-        tensors, meta = checkpoint.load(path)
+    def restore(self, path: Path, verified: bool = False) -> None:
+        """Continue from checkpoint `path` (`verified`: its files were just checked, by latest_intact)."""
+        tensors, meta = checkpoint.load(path, verified=verified)
         checkpoint.load_state(self.model, tensors["model"], f"checkpoint {path}")
         if self.ema is not None:
             if "ema" not in tensors:
