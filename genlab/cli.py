@@ -111,11 +111,7 @@ def cmd_sample(a) -> int:
     if out.suffix not in (".png", ".npz"):  # before minutes of sampling, not after
         raise GenlabError(f"output must end in .png or .npz, got {out}")
     model = load(a.run, device=_device(a.device))
-    kwargs = {}
-    if a.sampler:
-        kwargs["sampler"] = a.sampler
-    if a.steps:
-        kwargs["steps"] = a.steps
+    kwargs = {k: getattr(a, k) for k in ("sampler", "steps", "eta", "spacing") if getattr(a, k) is not None}
     x = sample(model, a.n, seed=a.seed, progress=True, batch_size=a.batch_size, **kwargs)
     save_sample_file(out, x)
     print(out)
@@ -177,6 +173,12 @@ def cmd_models(a) -> int:
             print("  training defaults: " + ", ".join(f"{_flag(k)} {_shown(v)}" for k, v in fam.TRAIN_DEFAULTS.items()))
             for line in kind_defaults(fam):
                 print(f"  {line}")
+            if getattr(fam, "SAMPLERS", ()):
+                from genlab.sampling import SAMPLERS
+
+                print("  samplers (genlab sample RUN --sampler NAME; the first is the default):")
+                for sname in fam.SAMPLERS:
+                    print(f"    {sname:<10} {SAMPLERS[sname]}")
             print("  options (the flag, or --set model.NAME=VALUE):")
             for fname, type_name, default, help_ in describe(fam.Config):
                 print(f"    {_flag(fname):<20} {type_name:<10} {_shown(default):<14} {help_}")
@@ -199,8 +201,13 @@ def build_parser() -> Parser:
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run", metavar="RUN")
     s.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
-    s.add_argument("--sampler", help="sampler, for families that have several (ddpm: ancestral, ddim)")
-    s.add_argument("--steps", type=int, help="sampling steps, for samplers that take a number")
+    s.add_argument("--sampler", help="for ddpm and ncsn: ancestral, ddim, euler, heun, dpmpp_2m, and langevin "
+                                     "(ncsn); genlab models MODEL lists them")
+    s.add_argument("--steps", type=int, help="noise levels (steps) of the sampler; per noise level for langevin "
+                                            "(default: all T for ancestral, else 50)")
+    s.add_argument("--eta", type=float, help="DDIM's stochasticity, 0 (deterministic, default) to 1")
+    s.add_argument("--spacing", help="the noise levels: uniform, leading or trailing time steps of the model's own "
+                                     "(ddpm default: uniform), karras (rho = 7) or geometric (ncsn default)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-size", type=int, default=0, help="samples drawn at once (default: 256 on a CPU, 2048 on a GPU)")

@@ -5,7 +5,9 @@ What seed 001 (section 7) and seed 004 specify, and where it lives here:
 - cosine schedule, alpha_t = clip(abar_t / abar_{t-1}, 0.001, 1)          eq. 14: `cosine_alphas`
 - posterior q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I)                   eq. 18: `q_posterior`
 - Algorithm 1 (training) with the L1 loss (seed 001) or L2 (seed 004 eq. 8), predicting eps, x0 or v
-- Algorithm 2 (ancestral sampling) with x0-hat clamped to [-1, 1]:      `p_sample_loop`
+- Algorithm 2 (ancestral sampling) with x0-hat clamped to [-1, 1]: the network as a denoiser
+  (`DDPM.denoiser`) run by `genlab.sampling.sample_ancestral` on the model's T levels, beside DDIM,
+  Euler, Heun and DPM-Solver++(2M) on any number of them
 - the variational bound (eq. 15) on 8-bit data in bits/dim, with the
   discretised Gaussian decoder of Ho et al.:                             `vlb_terms`
 
@@ -25,6 +27,7 @@ from genlab import parallel
 from genlab.config import opt
 from genlab.errors import GenlabError
 from genlab.family import GenerativeModel
+from genlab.sampling import VPDenoiser, noise_levels, solve
 from genlab.unet import UNet
 
 
@@ -142,54 +145,6 @@ class GaussianDiffusion(nn.Module):
         return {"mean": mean, "variance": var, "log_variance": logvar, "x0": x0}
 
     @torch.no_grad()
-    def p_sample_loop(self, net, shape, generator=None, x_T=None, t_start: int | None = None,
-                      keep=(), objective: str = "eps", clip: bool = True, progress=None):
-        """Algorithm 2 from x_T ~ N(0, I) (or from `x_T` at step `t_start`) down to x_0.
-
-        Returns (x_0, {t: x_t for t in keep}) with t in the paper's 1..T and 0 for the output.
-        """
-        device = self.alphas.device
-        t_start = self.T if t_start is None else t_start
-        x = torch.randn(shape, generator=generator, device=device) if x_T is None else x_T.to(device)
-        kept = {t_start: x.clone()} if t_start in keep else {}
-        for i in reversed(range(t_start)):
-            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
-            out = self.p_mean_variance(net, x, t, objective, clip)
-            z = torch.randn(shape, generator=generator, device=device) if i > 0 else 0.0  # line 3
-            x = out["mean"] + out["variance"].sqrt() * z  # line 9
-            if i in keep:
-                kept[i] = x.clone()
-            if progress is not None:
-                progress.update(1)
-        return x, kept
-
-    @torch.no_grad()
-    def ddim_sample_loop(self, net, shape, steps: int, eta: float = 0.0, generator=None,
-                         objective: str = "eps", clip: bool = True, progress=None):
-        """DDIM (Song, Meng and Ermon 2021, eq. 12) on `steps` evenly spaced time steps.
-
-        eta = 1 with steps = T is exactly Algorithm 2; eta = 0 is deterministic given x_T.
-        """
-        device = self.alphas.device
-        ts = torch.linspace(self.T - 1, 0, steps, dtype=torch.float64).round().long().unique_consecutive().tolist()
-        x = torch.randn(shape, generator=generator, device=device)
-        for k, i in enumerate(ts):
-            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
-            abar = self.alpha_bar[i]
-            abar_prev = self.alpha_bar[ts[k + 1]] if k + 1 < len(ts) else torch.ones((), device=device)
-            x0 = self.predict_x0(x, t, net(x, t.float()), objective)
-            if clip:
-                x0 = x0.clamp(-1, 1)
-            eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
-            sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
-            x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
-            if k + 1 < len(ts) and eta > 0:
-                x = x + sigma * torch.randn(shape, generator=generator, device=device)
-            if progress is not None:
-                progress.update(1)
-        return x
-
-    @torch.no_grad()
     def vlb_terms(self, net, x0, objective: str = "eps", clip: bool = True, generator=None):
         """The variational bound (eq. 15) per example in bits/dim: prior + sum of KLs + decoder NLL."""
         B = x0.shape[0]
@@ -238,8 +193,13 @@ DATA_KIND = "image"
 IMAGE_SIZE = 32
 
 
+# steps of every sampler but ancestral when --steps is not given (ancestral takes all T: Algorithm 2)
+DEFAULT_STEPS = 50
+
+
 class DDPM(GenerativeModel):
-    samplers = ("ancestral", "ddim")
+    samplers = ("ancestral", "ddim", "euler", "heun", "dpmpp_2m")
+    spacing = "uniform"  # the default noise levels of a sampler: evenly spaced time steps of the model's own
 
     def __init__(self, shape, time_steps=50, schedule="cosine", loss="l1", objective="eps", clip_x0=True,
                  dim=16, dim_mults=(1, 2, 4, 8), num_res_blocks=2, attn_levels=2, dropout=0.0):
@@ -254,25 +214,40 @@ class DDPM(GenerativeModel):
         x, _ = batch
         return {"loss": self.diffusion.training_loss(self.net, x * 2 - 1, self.loss_type, self.objective).mean()}
 
+    def denoiser(self) -> VPDenoiser:
+        """The network as D(x, sigma) on data in [-1, 1], for the samplers of genlab.sampling."""
+        return VPDenoiser(self.net, self.diffusion.alpha_bar, self.objective, self.clip_x0)
+
     @torch.no_grad()
-    def sample(self, n, generator=None, sampler: str = "ancestral", steps: int | None = None, eta: float = 0.0,
-               keep=(), progress=None):
-        """n images in [0, 1] by Algorithm 2 ("ancestral") or DDIM; with `keep`, also {t: x_t in [0, 1]}."""
-        shape = (n, *self.shape)
-        if steps is not None and not 1 <= steps <= self.diffusion.T:
-            raise GenlabError(f"--steps must be between 1 and T = {self.diffusion.T} for this model, got {steps}")
-        if sampler == "ddim":
-            x = self.diffusion.ddim_sample_loop(self.net, shape, steps or self.diffusion.T, eta, generator,
-                                                self.objective, self.clip_x0, progress)
-            return ((x + 1) / 2).clamp(0, 1)
-        if sampler != "ancestral":
-            raise GenlabError(f"unknown sampler '{sampler}' for ddpm (ancestral, ddim)")
-        if steps not in (None, self.diffusion.T):
-            raise GenlabError(f"the ancestral sampler takes all T={self.diffusion.T} steps; use --sampler ddim for fewer")
-        x, kept = self.diffusion.p_sample_loop(self.net, shape, generator, keep=keep,
-                                               objective=self.objective, clip=self.clip_x0, progress=progress)
-        x = ((x + 1) / 2).clamp(0, 1)
-        return (x, {t: ((v + 1) / 2).clamp(0, 1) for t, v in kept.items()}) if keep else x
+    def sample(self, n, generator=None, sampler: str = "ancestral", steps: int | None = None, eta: float | None = None,
+               spacing: str | None = None, keep=(), progress=None):
+        """n images in [0, 1] by one of `samplers` on `steps` noise levels (ancestral on all T is Algorithm 2).
+
+        With `keep` (time steps in 0..T), also {t: x_t in [0, 1]} for those of them the sampler visits."""
+        D = self.denoiser()
+        steps = steps or (self.diffusion.T if sampler == "ancestral" else min(self.diffusion.T, DEFAULT_STEPS))
+        sigmas = noise_levels(D, steps, spacing or self.spacing)
+        x = D.prior((n, *self.shape), sigmas[0], generator, self.device)
+        x, kept = self.reverse(D, x, sigmas, sampler, eta, generator, keep, progress)
+        return (x, kept) if keep else x
+
+    def reverse(self, D: VPDenoiser, x, sigmas, sampler="ancestral", eta=None, generator=None, keep=(), progress=None):
+        """Run a sampler from x at sigmas[0]; the result and the kept states x_t, as images in [0, 1]."""
+        T = self.diffusion.T
+        step_of = {D.sigmas[T - t]: t for t in range(1, T + 1)} | {0.0: 0}
+        to_image = lambda v, s: ((v / math.sqrt(1 + s ** 2) + 1) / 2).clamp(0, 1)  # noqa: E731  x_t = x / sqrt(1 + s^2)
+        kept = {}
+        if step_of.get(sigmas[0]) in keep:
+            kept[step_of[sigmas[0]]] = to_image(x, sigmas[0])
+
+        def callback(i, x):
+            if step_of.get(sigmas[i + 1]) in keep:
+                kept[step_of[sigmas[i + 1]]] = to_image(x, sigmas[i + 1])
+            if progress is not None:
+                progress.update(1)
+
+        x = solve(D, sampler, x, sigmas, eta, generator, callback)
+        return to_image(x, sigmas[-1]), kept
 
     @torch.no_grad()
     def nll(self, x, generator=None):
@@ -324,10 +299,11 @@ def figures(model: DDPM, data, out_dir, cfg: Config, generator: torch.Generator,
     paths = [f"{out_dir}/forward.png", f"{out_dir}/backward.png", f"{out_dir}/strip.png"]
     image_table(paths[0], rows, titles, title="forward process q(x_t | x_0)")
     # Backward: Algorithm 2 from the last forward state, shown at the same fractions.
-    _, kept = model.diffusion.p_sample_loop(model.net, x0.shape, generator, x_T=cols[-1], t_start=ts[-1], keep=ts,
-                                            objective=model.objective, clip=model.clip_x0)
+    D = model.denoiser()
+    sigmas = [D.sigmas[T - t] for t in range(ts[-1], 0, -1)] + [0.0]
+    _, kept = model.reverse(D, cols[-1] * math.sqrt(1 + sigmas[0] ** 2), sigmas, generator=generator, keep=ts)
     order = sorted(ts, reverse=True)
-    rows = [torch.stack([to01(kept[t][i]) for t in order]) for i in range(len(x0))]
+    rows = [torch.stack([kept[t][i] for t in order]) for i in range(len(x0))]
     image_table(paths[1], rows, [f"t={t}" for t in order], title="backward process p(x_{t-1} | x_t)")
     # Inference strip (seed 004): x_t along one sampling run from pure noise.
     steps = strip_steps(cfg)

@@ -321,7 +321,7 @@ def sample(run_or_model, n: int = 64, seed: int = 0, device: str = "cpu", progre
     from tqdm import tqdm
 
     model = run_or_model if isinstance(run_or_model, torch.nn.Module) else load(run_or_model, device=device)
-    check_sampler(model, kwargs.get("sampler"), kwargs.get("steps"))
+    check_sampler(model, kwargs.get("sampler"), kwargs.get("steps"), kwargs.get("eta"), kwargs.get("spacing"))
     g = torch.Generator(model.device).manual_seed(seed)
     batch_size = batch_size or (2048 if model.device.type == "cuda" else 256)
     out = []
@@ -333,17 +333,25 @@ def sample(run_or_model, n: int = 64, seed: int = 0, device: str = "cpu", progre
     return torch.cat(out)
 
 
-def check_sampler(model, sampler: str | None, steps: int | None) -> None:
-    """Refuse a sampler, or a number of steps, that the model's family does not take."""
+def check_sampler(model, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+                  spacing: str | None = None) -> None:
+    """Refuse sampler options that the model's family does not take, before any sampling."""
     from genlab.family import FAMILIES, family
+    from genlab.sampling import SPACINGS
 
     name = model.config.family if hasattr(model, "config") else type(model).__name__
-    if (sampler or steps) and not model.samplers:
+    asked = [flag for flag, v in (("--sampler", sampler), ("--steps", steps), ("--eta", eta), ("--spacing", spacing))
+             if v is not None]
+    if asked and not model.samplers:
         takes = [f for f in FAMILIES if getattr(family(f), "SAMPLERS", ())]
-        raise GenlabError(f"model '{name}' has one way to sample: --sampler and --steps apply to "
-                          f"{', '.join(takes)}")
+        raise GenlabError(f"model '{name}' has one way to sample: {', '.join(asked)} apply to {', '.join(takes)}")
     if sampler and sampler not in model.samplers:
         raise GenlabError(f"unknown sampler '{sampler}' for {name} (available: {', '.join(model.samplers)})")
+    chosen = sampler or (model.samplers[0] if model.samplers else None)
+    if eta is not None and (chosen != "ddim" or not 0 <= eta <= 1):
+        raise GenlabError("--eta (between 0 and 1) applies to --sampler ddim only")
+    if spacing is not None and (spacing not in SPACINGS or chosen == "langevin"):
+        raise GenlabError(f"--spacing takes one of {', '.join(SPACINGS)}, with a sampler other than langevin")
 
 
 def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str = "cpu", seed: int = 0,

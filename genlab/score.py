@@ -10,7 +10,9 @@ What seed 002 (question 2.5 and section 5) specifies, and where it lives here:
 - Algorithm 2, annealed Langevin dynamics: x_0 ~ N(0, I), for each sigma_i
   alpha_i = eps sigma_i^2 / sigma_L^2 and T steps
   x_t = x_{t-1} + alpha_i s(x_{t-1}, sigma_i) + sqrt(2 alpha_i) z_t; the trajectory on request:
-                                                                                `annealed_langevin`
+                                                                     `genlab.sampling.annealed_langevin`
+- the score model as a denoiser D(x, sigma) = x + sigma^2 s(x, sigma), so that every sampler of
+  genlab.sampling (DDIM, Euler, Heun, DPM-Solver++) runs on it:                 `NCSN.denoiser`
 - question 2.5: sampling given x_known on the mask M (1 = observed) with the conditional score
   s(x, sigma) - lambda (x - x_known) * M:                                       `conditional_score`
 Images use a noise-conditional U-Net (the diffusion U-Net, conditioned on log sigma) with the same
@@ -32,6 +34,7 @@ from genlab import parallel
 from genlab.config import opt
 from genlab.errors import GenlabError
 from genlab.family import GenerativeModel
+from genlab.sampling import ScoreDenoiser, annealed_langevin, noise_levels, solve
 from genlab.unet import UNet
 
 
@@ -57,22 +60,6 @@ def conditional_score(score_fn, x_known, mask, lam: float):
         return score_fn(x, sigma) - lam * (x - x_known) * mask
 
     return score
-
-
-@torch.no_grad()
-def annealed_langevin(score_fn, x, sigmas, eps: float, T: int, generator=None, return_traj: bool = False):
-    """Algorithm 2 from the initial points x; returns the final points, or (final, trajectory (L*T, *x.shape))."""
-    traj = []
-    sigma_L = sigmas[-1]
-    for sigma in sigmas:
-        alpha = eps * sigma ** 2 / sigma_L ** 2  # line 3
-        s = torch.full((x.shape[0],), float(sigma), device=x.device)
-        for _ in range(T):
-            z = torch.randn(x.shape, generator=generator, device=x.device)  # line 5
-            x = x + alpha * score_fn(x, s) + torch.sqrt(2 * alpha) * z  # line 6
-            if return_traj:
-                traj.append(x)
-    return (x, torch.stack(traj)) if return_traj else x
 
 
 class ScoreNet(nn.Module):
@@ -134,7 +121,13 @@ DATA_KIND = "any"
 IMAGE_SIZE = 32
 
 
+# levels of the denoiser samplers when --steps is not given
+DEFAULT_STEPS = 50
+
+
 class NCSN(GenerativeModel):
+    samplers = ("langevin", "ancestral", "ddim", "euler", "heun", "dpmpp_2m")
+    spacing = "geometric"  # the default levels of the denoiser samplers: the ladder's log spacing, any number
     def __init__(self, shape, sigma_max, sigma_min=0.01, num_sigmas=10, langevin_steps=100, langevin_eps=2e-5,
                  hidden=128, dim=16, dim_mults=(1, 2, 2), attn_levels=1, inpaint_lambda=0.0, num_res_blocks=1):
         super().__init__()
@@ -166,10 +159,31 @@ class NCSN(GenerativeModel):
     def initial(self, n, generator=None):
         return torch.randn(n, *self.shape, generator=generator, device=self.device)  # Algorithm 2, line 1
 
+    def denoiser(self) -> ScoreDenoiser:
+        return ScoreDenoiser(self.score, self.sigmas)
+
     @torch.no_grad()
-    def sample(self, n, generator=None, return_traj: bool = False, **_):
-        out = annealed_langevin(self.score, self.initial(n, generator), self.sigmas, self.eps, self.T, generator,
-                                return_traj)
+    def sample(self, n, generator=None, sampler: str = "langevin", steps: int | None = None, eta: float | None = None,
+               spacing: str | None = None, return_traj: bool = False, progress=None):
+        """n samples by annealed Langevin dynamics (`steps` per noise level, default T; the trajectory on
+        request), or by a denoiser sampler on `steps` levels (default 50) from sigma_max to sigma_min, then 0."""
+        if sampler == "langevin":
+            if spacing or eta is not None:
+                raise GenlabError("annealed Langevin runs on the model's own ladder: --spacing and --eta do not apply")
+            saved, self.T = self.T, steps or self.T
+            try:
+                out = annealed_langevin(self.score, self.initial(n, generator), self.sigmas, self.eps, self.T,
+                                        generator, return_traj)
+            finally:
+                self.T = saved
+        else:
+            if return_traj:
+                raise GenlabError("the trajectory is kept by the langevin sampler only")
+            D = self.denoiser()
+            sigmas = noise_levels(D, steps or DEFAULT_STEPS, spacing or self.spacing)
+            callback = None if progress is None else (lambda i, x: progress.update(1))
+            out = solve(D, sampler, D.prior((n, *self.shape), sigmas[0], generator, self.device), sigmas, eta,
+                        generator, callback)
         if len(self.shape) == 1:
             return out
         return (out[0].clamp(0, 1), out[1]) if return_traj else out.clamp(0, 1)
@@ -187,6 +201,9 @@ class NCSN(GenerativeModel):
         if paste:
             out = known * x + m * out
         return out.clamp(0, 1) if len(self.shape) > 1 else out
+
+
+SAMPLERS = NCSN.samplers
 
 
 def max_pairwise_distance(points: torch.Tensor, n: int = 2000) -> float:

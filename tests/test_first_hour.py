@@ -41,10 +41,14 @@ def test_sampling_options_a_family_does_not_take_are_refused(tiny_run, tmp_path,
     assert main(["sample", str(vae), "--sampler", "ddim", "--n", "2"]) == 2
     err = capsys.readouterr().err
     assert "one way to sample" in err and "ddpm" in err and err.count("\n") == 1
-    assert main(["sample", str(tiny_run), "--sampler", "euler", "--n", "2"]) == 2
-    assert "available: ancestral, ddim" in capsys.readouterr().err
+    assert main(["sample", str(tiny_run), "--sampler", "langevin", "--n", "2"]) == 2
+    assert "available: ancestral, ddim, euler, heun, dpmpp_2m" in capsys.readouterr().err
     assert main(["sample", str(tiny_run), "--sampler", "ddim", "--steps", "500", "--n", "2"]) == 2
-    assert "between 1 and T = 10" in capsys.readouterr().err
+    assert "between 1 and 10 (the model's noise levels)" in capsys.readouterr().err
+    assert main(["sample", str(tiny_run), "--sampler", "heun", "--eta", "0.5", "--n", "2"]) == 2
+    assert "--eta" in capsys.readouterr().err
+    assert main(["sample", str(tiny_run), "--spacing", "cosine", "--n", "2"]) == 2
+    assert "--spacing takes one of uniform, leading, trailing, karras, geometric" in capsys.readouterr().err
 
 
 def test_a_bad_output_name_is_refused_before_sampling(tiny_run, capsys, monkeypatch):

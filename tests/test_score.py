@@ -157,3 +157,10 @@ def test_ncsn_images_end_to_end_and_inpaint(tmp_path):
                  "-o", str(tmp_path / "out.png")]) == 0
     done = np.asarray(Image.open(tmp_path / "out.png"))
     assert done[0, 0] == 200 and math.isfinite(float(done.mean()))
+    for sampler, extra in (("langevin", ["--steps", "1"]), ("heun", ["--steps", "4"]),
+                           ("dpmpp_2m", ["--steps", "5", "--spacing", "karras"]), ("ddim", ["--eta", "1"]),
+                           ("ancestral", ["--steps", "3", "--spacing", "uniform"])):
+        out = tmp_path / f"{sampler}.npz"
+        assert main(["sample", str(run), "--n", "3", "--sampler", sampler, *extra, "-o", str(out)]) == 0
+        x = np.load(out)["samples"]
+        assert x.shape == (3, 1, 8, 8) and np.isfinite(x).all() and 0 <= x.min() and x.max() <= 1
