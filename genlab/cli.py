@@ -112,7 +112,8 @@ def cmd_sample(a) -> int:
         raise GenlabError(f"output must end in .png or .npz, got {out}")
     model = load(a.run, device=_device(a.device))
     kwargs = {k: getattr(a, k) for k in ("sampler", "steps", "eta", "spacing") if getattr(a, k) is not None}
-    x = sample(model, a.n, seed=a.seed, progress=True, batch_size=a.batch_size, **kwargs)
+    x = sample(model, a.n, seed=a.seed, progress=True, batch_size=a.batch_size, classes=a.class_,
+               guidance=a.guidance, **kwargs)
     save_sample_file(out, x)
     print(out)
     return 0
@@ -134,12 +135,17 @@ def cmd_inpaint(a) -> int:
     from genlab.runs import inpaint
     from genlab.viz import save_image
 
-    out = Path(a.output) if a.output else Path(f"{Path(a.image).stem}-inpainted.png")
-    if out.suffix != ".png":
-        raise GenlabError(f"output must end in .png, got {out}")
-    x = inpaint(a.run, a.image, mask=a.mask, box=a.box, seed=a.seed, device=_device(a.device))
-    save_image(out, x)
+    stem = Path(a.image).stem if a.image else f"test{a.test_index}"
+    out = Path(a.output) if a.output else Path(f"{stem}-inpainted.png")
+    for path in (out, Path(a.figure or "x.png")):
+        if path.suffix != ".png":
+            raise GenlabError(f"output must end in .png, got {path}")
+    done = inpaint(a.run, a.image, mask=a.mask, box=a.box, seed=a.seed, device=_device(a.device), n=a.n,
+                   figure=a.figure, test_index=a.test_index, steps=a.steps, jump_length=a.jump_length, resamplings=a.resamplings)
+    save_image(out, done[0])
     print(out)
+    if a.figure:
+        print(a.figure)
     return 0
 
 
@@ -208,6 +214,9 @@ def build_parser() -> Parser:
     s.add_argument("--eta", type=float, help="DDIM's stochasticity, 0 (deterministic, default) to 1")
     s.add_argument("--spacing", help="the noise levels: uniform, leading or trailing time steps of the model's own "
                                      "(ddpm default: uniform), karras (rho = 7) or geometric (ncsn default)")
+    s.add_argument("--class", dest="class_", metavar="CLASS",
+                   help="a class-conditional ddpm: the class to draw, by index or name (default: each in turn)")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance weight w >= 0 (default: the run's)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-size", type=int, default=0, help="samples drawn at once (default: 256 on a CPU, 2048 on a GPU)")
@@ -228,12 +237,18 @@ def build_parser() -> Parser:
 
     i = sub.add_parser("inpaint", help="fill the masked pixels of an image with a trained model")
     i.add_argument("run", metavar="RUN")
-    i.add_argument("--image", required=True, metavar="FILE", help="the image (resized to the model's size)")
+    i.add_argument("--image", metavar="FILE", help="the image (resized to the model's size)")
+    i.add_argument("--test-index", type=int, metavar="K", help="instead of --image: the K-th image of the run's test set")
     i.add_argument("--mask", metavar="FILE", help="mask image: white marks the missing pixels")
     i.add_argument("--box", metavar="x,y,w,h", help="a missing rectangle, in pixels of the model-size image")
+    i.add_argument("--n", type=int, default=1, help="completions to draw (default: 1)")
+    i.add_argument("--figure", metavar="FILE.png", help="also write the masked input, the completions and the input")
+    i.add_argument("--steps", type=int, help="ddpm: noise levels of RePaint (default: min(T, 250))")
+    i.add_argument("--jump-length", type=int, help="ddpm: levels RePaint jumps back up (default: 10)")
+    i.add_argument("--resamplings", type=int, help="ddpm: times RePaint denoises each stretch (default: 10)")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--device", default="auto")
-    i.add_argument("-o", "--output", metavar="FILE.png", help="where to write the completed image")
+    i.add_argument("-o", "--output", metavar="FILE.png", help="where to write the (first) completed image")
 
     r = sub.add_parser("report", help="(re)write RUN/report.html")
     r.add_argument("run", metavar="RUN")

@@ -177,7 +177,7 @@ class CycleGAN(GenerativeModel):
                           "or genlab.load(RUN).translate(x)")
 
     @torch.no_grad()
-    def preview(self, n, generator, data):
+    def preview(self, n, generator, data, **_):
         """Rows of x, G(x), F(G(x)) for test images of X."""
         x = data.floats("test")[: max(1, n // 3)].to(self.device)
         fake = self.G(x)

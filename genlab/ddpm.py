@@ -27,7 +27,7 @@ from genlab import parallel
 from genlab.config import opt
 from genlab.errors import GenlabError
 from genlab.family import GenerativeModel
-from genlab.sampling import VPDenoiser, noise_levels, solve
+from genlab.sampling import VPDenoiser, guided, noise_levels, parse_sampler, repaint, solve
 from genlab.unet import UNet
 
 
@@ -183,6 +183,14 @@ class Config:
     num_res_blocks: int = opt(2, "residual blocks per resolution", min=1)
     attn_levels: int = opt(2, "self-attention in this many lowest-resolution levels", min=0)
     dropout: float = opt(0.0, "dropout in the residual blocks", min=0.0, max=1.0)
+    cond: str = opt("none", "conditioning: none, or class (a class embedding beside the time embedding, "
+                            "trained with label dropout for classifier-free guidance)", choices=["none", "class"])
+    label_dropout: float = opt(0.1, "with cond class: the share of labels replaced by 'no class' in training",
+                               min=0.0, max=1.0)
+    guidance: float = opt(1.0, "with cond class: the default guidance weight w of sampling, "
+                               "(1 + w) eps(x, class) - w eps(x); 0 is the conditional model alone", min=0.0)
+    preview: str = opt("", "sampler of the sample grids during training, NAME or NAME:STEPS (e.g. ddim:50; "
+                           "empty: ancestral on all T steps)")
     strip_steps: list[int] = opt([], "time steps of the inference strip (empty: seed 004's 200,100,50,20,10,0 "
                                      "when T >= 200, else 100,50,25,10,5,0 percent of T)", min=0)
 
@@ -195,6 +203,8 @@ IMAGE_SIZE = 32
 
 # steps of every sampler but ancestral when --steps is not given (ancestral takes all T: Algorithm 2)
 DEFAULT_STEPS = 50
+# RePaint's defaults (Lugmayr et al. 2022): 250 levels, jumps of 10 levels, each stretch denoised 10 times
+REPAINT_STEPS, REPAINT_JUMP, REPAINT_RESAMPLINGS = 250, 10, 10
 
 
 class DDPM(GenerativeModel):
@@ -202,29 +212,53 @@ class DDPM(GenerativeModel):
     spacing = "uniform"  # the default noise levels of a sampler: evenly spaced time steps of the model's own
 
     def __init__(self, shape, time_steps=50, schedule="cosine", loss="l1", objective="eps", clip_x0=True,
-                 dim=16, dim_mults=(1, 2, 4, 8), num_res_blocks=2, attn_levels=2, dropout=0.0):
+                 dim=16, dim_mults=(1, 2, 4, 8), num_res_blocks=2, attn_levels=2, dropout=0.0, num_classes=0,
+                 label_dropout=0.1, guidance=1.0):
         super().__init__()
         self.shape = tuple(shape)
         self.loss_type, self.objective, self.clip_x0 = loss, objective, clip_x0
+        self.num_classes, self.label_dropout, self.guidance = num_classes, label_dropout, guidance
         self.net = UNet(shape[0], dim=dim, dim_mults=tuple(dim_mults), num_res_blocks=num_res_blocks,
-                        attn_levels=attn_levels, dropout=dropout)
+                        attn_levels=attn_levels, dropout=dropout, num_classes=num_classes)
         self.diffusion = GaussianDiffusion(SCHEDULES[schedule](time_steps))
 
     def loss(self, batch):
-        x, _ = batch
-        return {"loss": self.diffusion.training_loss(self.net, x * 2 - 1, self.loss_type, self.objective).mean()}
+        x, y = batch[0], batch[1]
+        net = self.net
+        if self.num_classes:  # classifier-free guidance: some labels become "no class" (class K)
+            y = torch.where(parallel.rand_like(y.float()) < self.label_dropout, self.num_classes, y)
+            net = lambda xt, t: self.net(xt, t, y)  # noqa: E731
+        return {"loss": self.diffusion.training_loss(net, x * 2 - 1, self.loss_type, self.objective).mean()}
 
-    def denoiser(self) -> VPDenoiser:
-        """The network as D(x, sigma) on data in [-1, 1], for the samplers of genlab.sampling."""
-        return VPDenoiser(self.net, self.diffusion.alpha_bar, self.objective, self.clip_x0)
+    def class_labels(self, n: int, classes=None) -> torch.Tensor:
+        """The class of each of n samples: `classes` (an int or n ints), or 0, 1, ..., K-1, 0, 1, ... by default."""
+        if classes is None:
+            return torch.arange(n, device=self.device) % self.num_classes
+        y = torch.as_tensor(classes, device=self.device, dtype=torch.long).expand(n)
+        return y
+
+    def denoiser(self, classes=None, guidance: float | None = None, n: int = 0) -> VPDenoiser:
+        """The network as D(x, sigma) on data in [-1, 1], for the samplers of genlab.sampling.
+
+        A class-conditional model draws n samples of `classes` (see class_labels) with guidance weight
+        `guidance` (default: the model's); with n = 0 it is its unconditional model ("no class")."""
+        if not self.num_classes and (classes is not None or guidance is not None):
+            raise GenlabError("this ddpm is not class-conditional: --class and --guidance need a run trained "
+                              "with --cond class")
+        net = self.net
+        if self.num_classes and n:
+            w = self.guidance if guidance is None else guidance
+            net = guided(self.net, self.class_labels(n, classes), w, self.num_classes)
+        return VPDenoiser(net, self.diffusion.alpha_bar, self.objective, self.clip_x0)
 
     @torch.no_grad()
     def sample(self, n, generator=None, sampler: str = "ancestral", steps: int | None = None, eta: float | None = None,
-               spacing: str | None = None, keep=(), progress=None):
-        """n images in [0, 1] by one of `samplers` on `steps` noise levels (ancestral on all T is Algorithm 2).
+               spacing: str | None = None, keep=(), progress=None, classes=None, guidance: float | None = None):
+        """n images in [0, 1] by one of `samplers` on `steps` noise levels (ancestral on all T is Algorithm 2);
+        a class-conditional model draws `classes` (default: every class in turn) with classifier-free guidance.
 
         With `keep` (time steps in 0..T), also {t: x_t in [0, 1]} for those of them the sampler visits."""
-        D = self.denoiser()
+        D = self.denoiser(classes, guidance, n)
         steps = steps or (self.diffusion.T if sampler == "ancestral" else min(self.diffusion.T, DEFAULT_STEPS))
         sigmas = noise_levels(D, steps, spacing or self.spacing)
         x = D.prior((n, *self.shape), sigmas[0], generator, self.device)
@@ -250,6 +284,17 @@ class DDPM(GenerativeModel):
         return to_image(x, sigmas[-1]), kept
 
     @torch.no_grad()
+    def inpaint(self, x, m, generator=None, steps: int | None = None, jump_length: int = REPAINT_JUMP,
+                resamplings: int = REPAINT_RESAMPLINGS):
+        """Fill the missing pixels (m = 1) of images x in [0, 1] by RePaint on `steps` of the model's levels
+        (default min(T, 250)); the known pixels are returned exactly as given."""
+        D = self.denoiser()
+        sigmas = noise_levels(D, steps or min(self.diffusion.T, REPAINT_STEPS), "uniform")
+        known = (1 - m).expand_as(x)
+        out = repaint(D, x * 2 - 1, known, sigmas, jump_length, resamplings, generator)
+        return known * x + m * ((out + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
     def nll(self, x, generator=None):
         """Upper bound on -log p(x) of 8-bit images x in [0, 1], in nats per example."""
         bpd = self.diffusion.vlb_terms(self.net, x * 2 - 1, self.objective, self.clip_x0, generator)
@@ -260,8 +305,18 @@ SAMPLERS = DDPM.samplers
 
 
 def build(cfg: Config, shape, num_classes=0) -> DDPM:
-    return DDPM(shape, cfg.time_steps, cfg.schedule, cfg.loss, cfg.objective, cfg.clip_x0, cfg.dim,
-                cfg.dim_mults, cfg.num_res_blocks, cfg.attn_levels, cfg.dropout)
+    if cfg.cond == "class" and num_classes < 2:
+        raise GenlabError("--cond class needs a labelled data set (digits, mnist, fashion-mnist, cifar10, "
+                          "or a folder with one sub-folder per class)")
+    model = DDPM(shape, cfg.time_steps, cfg.schedule, cfg.loss, cfg.objective, cfg.clip_x0, cfg.dim,
+                 cfg.dim_mults, cfg.num_res_blocks, cfg.attn_levels, cfg.dropout,
+                 num_classes if cfg.cond == "class" else 0, cfg.label_dropout, cfg.guidance)
+    model.preview_sampler = parse_sampler(cfg.preview, DDPM.samplers)
+    return model
+
+
+def validate(cfg: Config, data_cfg) -> None:
+    parse_sampler(cfg.preview, DDPM.samplers)  # a bad preview sampler stops the run before it starts
 
 
 def strip_steps(cfg: Config) -> list[int]:
@@ -311,4 +366,41 @@ def figures(model: DDPM, data, out_dir, cfg: Config, generator: torch.Generator,
     _, kept = model.sample(k, generator=generator, keep=steps)
     rows = [torch.stack([kept[t][i] for t in steps]) for i in range(k)]
     image_table(paths[2], rows, [f"t={t}" for t in steps], title="inference x_t")
+    paths.append(inpaint_figure(model, data, f"{out_dir}/inpaint.png", generator, quick))
+    if model.num_classes:
+        paths.append(class_figure(model, data, f"{out_dir}/classes.png", generator, 2 if quick else 8))
     return paths
+
+
+def class_figure(model: DDPM, data, path, generator, per_class: int = 8) -> str:
+    """One row of samples per class, at the model's default guidance."""
+    from genlab.viz import image_table
+
+    K = model.num_classes
+    y = torch.arange(K, device=model.device).repeat_interleave(per_class)
+    x = model.sample(len(y), generator, classes=y).view(K, per_class, *model.shape)
+    names = data.classes or [str(k) for k in range(K)]
+    image_table(path, list(x), [""] * per_class, row_titles=[str(c) for c in names],
+                title=f"samples of each class, guidance w = {model.guidance:g}")
+    return path
+
+
+def inpaint_figure(model: DDPM, data, path, generator, quick: bool = False, completions: int = 3) -> str:
+    """RePaint on test images with a centred box of half the side: masked input, completions, truth.
+
+    4 images on min(T, 100) levels with 5 resamplings (a few seconds for a small model); with `quick`,
+    2 images on min(T, 20) levels with 2."""
+    from genlab.viz import image_table
+
+    x = data.floats("test")[: 2 if quick else 4].to(model.device)
+    H, W = model.shape[-2:]
+    m = torch.zeros(1, 1, H, W, device=model.device)
+    m[..., H // 4: H // 4 + H // 2, W // 4: W // 4 + W // 2] = 1
+    steps, resamplings = (min(model.diffusion.T, 20), 2) if quick else (min(model.diffusion.T, 100), 5)
+    k = len(x)
+    done = model.inpaint(x.repeat(completions, 1, 1, 1), m, generator, steps, jump_length=min(10, steps),
+                         resamplings=resamplings).view(completions, k, *x.shape[1:])  # one batch for all
+    rows = [torch.stack([x[i] * (1 - m[0]) + 0.5 * m[0], *done[:, i], x[i]]) for i in range(k)]
+    image_table(path, rows, ["masked", *(f"RePaint {k + 1}" for k in range(completions)), "truth"],
+                title=f"RePaint: {steps} levels, jumps of {min(10, steps)}, {resamplings} resamplings")
+    return path

@@ -48,10 +48,13 @@ class GenerativeModel(nn.Module):
         """Cheaper sampling for the end-of-run work of a short run; yields a note of what it changes (or "")."""
         yield ""
 
+    #: keyword arguments of `sample` for the grids drawn during training (a family's `preview` option)
+    preview_sampler: dict = {}
+
     @torch.no_grad()
-    def preview(self, n: int, generator: torch.Generator, data) -> torch.Tensor:
-        """What the sample grids during training show: samples, or for conditional families their outputs."""
-        return self.sample(n, generator=generator)
+    def preview(self, n: int, generator: torch.Generator, data, **sample_kwargs) -> torch.Tensor:
+        """What the sample grids show: samples, or for conditional families their outputs."""
+        return self.sample(n, generator=generator, **sample_kwargs)
 
     @torch.no_grad()
     def eval_step(self, batch) -> dict[str, torch.Tensor]:

@@ -189,7 +189,7 @@ class InpaintGAN(GenerativeModel):
         return self.complete(x, m)
 
     @torch.no_grad()
-    def preview(self, n, generator, data):
+    def preview(self, n, generator, data, **_):
         """Rows of (masked input, completion, original) for test images."""
         k = max(1, n // 3)
         x = data.floats("test")[:k].to(self.device)

@@ -35,7 +35,7 @@ CAPTIONS = {
     "reconstructions": "pairs in each row: a test image, then its reconstruction",
     "interpolations": "decoded interpolations between the latents of two test images, one pair per row",
     "traversal": "decoder means over a grid of two latent dimensions, the others at 0",
-    "inpaint": "triples in each row: masked input (hole in grey), completion, original",
+    "inpaint": "masked input (hole in grey), completion(s), original",
     "inpaint_box": "triples in each row: input with a box hole (grey), completion, original",
     "inpaint_free": "triples in each row: input with free-form holes (grey), completion, original",
     "translate_xy": "rows: x, G(x), F(G(x))",

@@ -314,23 +314,49 @@ def load(run: str | Path, device: str = "cpu", ema: bool = True, step: int | Non
 
 
 def sample(run_or_model, n: int = 64, seed: int = 0, device: str = "cpu", progress: bool = False,
-           batch_size: int = 0, **kwargs):
+           batch_size: int = 0, classes=None, guidance: float | None = None, **kwargs):
     """n samples from a run (images in [0, 1] as (n, C, H, W); 2-D points as (n, 2)).
 
-    Drawn `batch_size` at a time (0: 256 on a CPU, 2048 on a GPU)."""
+    A class-conditional run draws `classes` (a class index or name, or n of them; default: each class in
+    turn) with classifier-free guidance weight `guidance` (default: the run's). Drawn `batch_size` at a
+    time (0: 256 on a CPU, 2048 on a GPU)."""
     from tqdm import tqdm
 
     model = run_or_model if isinstance(run_or_model, torch.nn.Module) else load(run_or_model, device=device)
     check_sampler(model, kwargs.get("sampler"), kwargs.get("steps"), kwargs.get("eta"), kwargs.get("spacing"))
+    labels = class_labels(model, n, classes, guidance)
     g = torch.Generator(model.device).manual_seed(seed)
     batch_size = batch_size or (2048 if model.device.type == "cuda" else 256)
     out = []
     with tqdm(total=n, disable=not progress, unit="sample") as bar:
         for i in range(0, n, batch_size):
             k = min(batch_size, n - i)
-            out.append(model.sample(k, generator=g, **kwargs))
+            cond = {} if labels is None else {"classes": labels[i: i + k], "guidance": guidance}
+            out.append(model.sample(k, generator=g, **cond, **kwargs))
             bar.update(k)
     return torch.cat(out)
+
+
+def class_labels(model, n: int, classes=None, guidance: float | None = None) -> torch.Tensor | None:
+    """The classes of n samples of a class-conditional model (None for other models), checked."""
+    K = getattr(model, "num_classes", 0)
+    if not K:
+        if classes is not None or guidance is not None:
+            name = model.config.family if hasattr(model, "config") else type(model).__name__
+            raise GenlabError(f"model '{name}' is not class-conditional: --class and --guidance need a ddpm "
+                              f"trained with --cond class")
+        return None
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise GenlabError(f"--guidance must be a number >= 0, got {guidance}")
+    names = [str(c) for c in (getattr(model, "classes", None) or range(K))]
+    if isinstance(classes, str):
+        if classes not in names and not classes.isdigit():
+            raise GenlabError(f"unknown class '{classes}' (classes: {', '.join(names)})")
+        classes = names.index(classes) if classes in names else int(classes)
+    labels = model.class_labels(n, classes).cpu()
+    if labels.min() < 0 or labels.max() >= K:
+        raise GenlabError(f"--class must be between 0 and {K - 1} (classes: {', '.join(names)})")
+    return labels.to(model.device)
 
 
 def check_sampler(model, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
@@ -432,20 +458,47 @@ def box_mask(text: str, shape) -> torch.Tensor:
     return m
 
 
-def inpaint(run: str | Path, image: str | Path, mask: str | Path | None = None, box: str | None = None,
-            seed: int = 0, device: str = "cpu") -> torch.Tensor:
-    """Fill the masked pixels of an image with a trained model; returns (C, H, W) in [0, 1].
+def inpaint(run: str | Path, image: str | Path | None = None, mask: str | Path | None = None, box: str | None = None,
+            seed: int = 0, device: str = "cpu", n: int = 1, figure: str | Path | None = None,
+            test_index: int | None = None, **options) -> torch.Tensor:
+    """Fill the masked pixels of an image with a trained model; returns n completions, (n, C, H, W) in [0, 1].
 
-    The mask is a file (white = missing) or a box 'x,y,w,h'; both refer to the image resized to the model's size.
-    """
+    The mask is a file (white = missing) or a box 'x,y,w,h'; both refer to the image resized to the model's
+    size. `test_index` K takes the run's K-th test image instead of a file. With `figure`, also writes the
+    masked input, the completions and the input (the truth) in one row.
+    `options` go to the family's inpainting: for ddpm (RePaint) steps, jump_length and resamplings."""
     if (mask is None) == (box is None):
         raise GenlabError("give exactly one of --mask FILE or --box x,y,w,h")
+    if (image is None) == (test_index is None):
+        raise GenlabError("give exactly one of --image FILE or --test-index K (the run's K-th test image)")
     model = load(run, device=device)
     if not hasattr(model, "inpaint") or len(model.data_shape) != 3:
         what = "was trained on 2-D points" if len(model.data_shape) != 3 else "cannot inpaint"
         raise GenlabError(f"model '{model.config.family}' {what}: inpainting needs an image model "
-                          f"(ncsn or inpaint-gan on images)")
-    x = read_image(image, model.data_shape).to(device)
+                          f"(ddpm, ncsn or inpaint-gan on images)")
+    options = {k: v for k, v in options.items() if v is not None}
+    takes = [k for k in inspect.signature(model.inpaint).parameters if k not in ("x", "m", "generator")]
+    for k in options:
+        if k not in takes:
+            flags = ", ".join("--" + t.replace("_", "-") for t in takes if t not in ("lam", "paste"))
+            raise GenlabError(f"--{k.replace('_', '-')} does not apply to {model.config.family} inpainting"
+                              + (f" (it takes {flags})" if flags else ""))
+    if any(options.get(k, 1) < 1 for k in ("steps", "jump_length", "resamplings")):
+        raise GenlabError("--steps, --jump-length and --resamplings must be positive")
+    if image is not None:
+        x = read_image(image, model.data_shape).to(device)
+    else:
+        data = prepare_data(model.config)
+        if not 0 <= test_index < len(data.test):
+            raise GenlabError(f"--test-index must be between 0 and {len(data.test) - 1}, got {test_index}")
+        x = data.floats("test")[test_index: test_index + 1].to(device)
     m = (read_image(mask, (1, *model.data_shape[1:])) > 0.5).float() if mask else box_mask(box, model.data_shape)
+    m = m.to(device)
     g = torch.Generator(device).manual_seed(seed)
-    return model.inpaint(x, m.to(device), generator=g)[0]
+    done = model.inpaint(x.expand(n, *x.shape[1:]), m.expand(n, *m.shape[1:]), generator=g, **options)
+    if figure is not None:
+        from genlab.viz import image_table
+
+        image_table(figure, [torch.cat([x * (1 - m) + 0.5 * m, done, x])],
+                    ["masked", *(f"completion {k + 1}" for k in range(n)), "input"])
+    return done

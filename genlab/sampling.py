@@ -131,6 +131,23 @@ class ScoreDenoiser(Denoiser):
         return x + sigma ** 2 * self.score(x, sigma)
 
 
+def guided(net: Callable, y: torch.Tensor, w: float, null: int) -> Callable:
+    """Classifier-free guidance (Ho and Salimans 2022): net(x, c) = (1 + w) net(x, c, y) - w net(x, c, null).
+
+    The conditional and unconditional predictions come from one batched call; w = 0 is the conditional
+    model alone. The combination is linear in the network's output, so it is the same whether the network
+    predicts eps, x0 or v."""
+
+    def guided_net(x, c):
+        if w == 0:
+            return net(x, c, y)
+        out = net(torch.cat([x, x]), torch.cat([c, c]), torch.cat([y, torch.full_like(y, null)]))
+        cond, uncond = out.chunk(2)
+        return cond + w * (cond - uncond)
+
+    return guided_net
+
+
 # ---------------------------------------------------------------------------
 # Noise levels. Each returns a descending list of floats ending in 0 (the data), n + 1 entries for n steps.
 
@@ -349,6 +366,17 @@ SAMPLERS = {
     "dpmpp_2m": "DPM-Solver++(2M), multistep second order (Lu et al. 2022), n NFE",
     "langevin": "annealed Langevin dynamics (seed 002 Algorithm 2), --steps per noise level, L x steps NFE",
 }
+
+
+def parse_sampler(text: str, samplers) -> dict:
+    """'NAME' or 'NAME:STEPS' as keyword arguments of a model's sample(); '' is {} (its default sampler)."""
+    if not text:
+        return {}
+    name, _, steps = text.partition(":")
+    if name not in samplers or (steps and not (steps.isdigit() and int(steps) > 0)):
+        raise GenlabError(f"preview sampler must be NAME or NAME:STEPS with NAME one of {', '.join(samplers)}, "
+                          f"got {text!r}")
+    return {"sampler": name, **({"steps": int(steps)} if steps else {})}
 
 
 def nfe(sampler: str, n: int) -> int:

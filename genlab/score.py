@@ -34,7 +34,7 @@ from genlab import parallel
 from genlab.config import opt
 from genlab.errors import GenlabError
 from genlab.family import GenerativeModel
-from genlab.sampling import ScoreDenoiser, annealed_langevin, noise_levels, solve
+from genlab.sampling import ScoreDenoiser, annealed_langevin, noise_levels, parse_sampler, solve
 from genlab.unet import UNet
 
 
@@ -107,6 +107,8 @@ class Config:
     dim_mults: list[int] = opt([1, 2, 2], "U-Net width multipliers (images)", min=1)
     num_res_blocks: int = opt(1, "U-Net residual blocks per resolution (images)", min=1)
     attn_levels: int = opt(1, "U-Net self-attention in this many lowest levels (images)", min=0)
+    preview: str = opt("", "sampler of the sample grids during training, NAME or NAME:STEPS (e.g. heun:25; "
+                           "empty: annealed Langevin)")
     inpaint_lambda: float = opt(0.0, "lambda of the conditional score for inpainting (0: 20 for 2-D data, "
                                      "5 for images)", min=0.0)
 
@@ -223,13 +225,16 @@ def prepare(data, cfg):
 def validate(cfg: Config, data_cfg) -> None:
     if cfg.sigma_min <= 0:
         raise GenlabError("sigma_min must be positive")
+    parse_sampler(cfg.preview, NCSN.samplers)
 
 
 def build(cfg: Config, shape, num_classes=0) -> NCSN:
     if cfg.sigma_max == 0:
         raise GenlabError("sigma_max is unresolved (0); it is set from the data when training starts")
-    return NCSN(shape, cfg.sigma_max, cfg.sigma_min, cfg.num_sigmas, cfg.langevin_steps, cfg.langevin_eps, cfg.hidden,
-                cfg.dim, cfg.dim_mults, cfg.attn_levels, cfg.inpaint_lambda, cfg.num_res_blocks)
+    model = NCSN(shape, cfg.sigma_max, cfg.sigma_min, cfg.num_sigmas, cfg.langevin_steps, cfg.langevin_eps,
+                 cfg.hidden, cfg.dim, cfg.dim_mults, cfg.attn_levels, cfg.inpaint_lambda, cfg.num_res_blocks)
+    model.preview_sampler = parse_sampler(cfg.preview, NCSN.samplers)
+    return model
 
 
 # ---------------------------------------------------------------------------

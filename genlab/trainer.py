@@ -388,8 +388,9 @@ class Trainer:
         from genlab.viz import save_sample_file
 
         g = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 1)  # the same noise every time
+        during = {} if name == "final" else self.model.preview_sampler  # the final grid: the family's own sampler
         with evaluation_mode(self.model, self.ema):
-            x = self.model.preview(n or self.cfg.train.n_samples, g, self.data)
+            x = self.model.preview(n or self.cfg.train.n_samples, g, self.data, **during)
         path = self.run_dir / "samples" / f"{name}.png"
         save_sample_file(path, x)
         return path

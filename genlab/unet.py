@@ -7,7 +7,8 @@ Down-sampling is a stride-2 convolution and up-sampling resizes to the size of
 the matching skip, so any image size works (28x28 MNIST goes 28-14-7-4).
 
 The network knows nothing about noise schedules: it maps (x, c) to a tensor
-shaped like x, where c is a float per example (a time step, or log sigma).
+shaped like x, where c is a float per example (a time step, or log sigma);
+a class-conditional U-Net also takes a class per example, embedded beside c.
 """
 
 from __future__ import annotations
@@ -81,14 +82,18 @@ class Attention(nn.Module):
 class UNet(nn.Module):
     def __init__(self, in_channels: int, out_channels: int | None = None, dim: int = 16,
                  dim_mults=(1, 2, 4, 8), num_res_blocks: int = 2, attn_levels: int = 2,
-                 dropout: float = 0.0, groups: int = 8):
-        """`attn_levels`: self-attention in that many of the lowest-resolution levels (and the middle)."""
+                 dropout: float = 0.0, groups: int = 8, num_classes: int = 0):
+        """`attn_levels`: self-attention in that many of the lowest-resolution levels (and the middle).
+
+        With `num_classes` K, a learned class embedding is added to the noise-level embedding; class K
+        is "no class", the unconditional model of classifier-free guidance."""
         super().__init__()
         out_channels = out_channels or in_channels
         widths = [dim * m for m in dim_mults]
         emb_dim = 4 * dim
-        self.dim = dim
+        self.dim, self.num_classes = dim, num_classes
         self.embed = nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.init_conv = nn.Conv2d(in_channels, dim, 3, padding=1)
         n = len(widths)
 
@@ -121,9 +126,13 @@ class UNet(nn.Module):
 
         self.out = nn.Sequential(norm(c, groups), nn.SiLU(), zero_module(nn.Conv2d(c, out_channels, 3, padding=1)))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W); c: (B,) noise level (a time step or log sigma)."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W); c: (B,) noise level (a time step or log sigma); y: (B,) classes (None: no class)."""
         emb = self.embed(timestep_embedding(c, self.dim))
+        if self.class_embed is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+            emb = emb + self.class_embed(y)
         h = self.init_conv(x)
         hs = [h]
         for layer in self.down:

@@ -335,3 +335,124 @@ def test_repaint_samples_the_gaussian_conditional():
         errors[r] = (abs(out[:, 1].mean().item() - mean.item()) / math.sqrt(var), out[:, 1].var().item() / var.item())
     assert errors[10][0] < 0.06 and errors[10][1] == pytest.approx(1.0, abs=0.08)  # 0.033 and 0.96 when written
     assert errors[1][0] > 0.2 and errors[1][0] > 3 * errors[10][0]  # 0.30 without resampling
+
+
+def test_repaint_inpaints_a_ddpm_run_from_the_command_line(tiny_run, tmp_path, capsys):
+    from PIL import Image
+
+    from genlab.cli import main
+
+    out, fig = tmp_path / "filled.png", tmp_path / "fig.png"
+    assert main(["inpaint", str(tiny_run), "--test-index", "3", "--box", "2,2,4,4", "--n", "2", "--steps", "6",
+                 "--jump-length", "2", "--resamplings", "2", "-o", str(out), "--figure", str(fig)]) == 0
+    import genlab
+    from genlab.runs import prepare_data
+
+    model = genlab.load(tiny_run)
+    truth = prepare_data(model.config).test[3, 0].numpy()
+    done = np.asarray(Image.open(out))
+    outside = np.ones((8, 8), bool)
+    outside[2:6, 2:6] = False
+    assert np.array_equal(done[outside], truth[outside])  # known pixels kept bit for bit
+    assert fig.stat().st_size > 0
+    capsys.readouterr()
+    assert main(["inpaint", str(tiny_run), "--test-index", "3", "--box", "2,2,4,4", "--resamplings", "0"]) == 2
+    assert main(["inpaint", str(tiny_run), "--test-index", "99999", "--box", "2,2,4,4"]) == 2
+    assert main(["inpaint", str(tiny_run), "--box", "2,2,4,4"]) == 2
+    assert "--image FILE or --test-index K" in capsys.readouterr().err
+
+
+def test_inpaint_options_a_family_does_not_take_are_refused(tmp_path, capsys):
+    import genlab
+    from genlab.cli import main
+
+    run = tmp_path / "ig"
+    genlab.train("inpaint-gan", out=run, steps=2, dataset="digits", image_size=8, batch_size=8, progress=False)
+    capsys.readouterr()
+    assert main(["inpaint", str(run), "--test-index", "0", "--box", "2,2,4,4", "--jump-length", "3"]) == 2
+    assert "--jump-length does not apply to inpaint-gan" in capsys.readouterr().err
+
+
+# --- classifier-free guidance
+
+
+def test_guidance_is_one_batched_call_of_the_direct_combination():
+    from genlab.sampling import guided
+
+    torch.manual_seed(0)
+    W = torch.randn(4, 4)
+    calls = []
+
+    def net(x, c, y):
+        calls.append(len(x))
+        return x @ W + c[:, None] + 10.0 * y[:, None].float()  # any function of (x, c, y)
+
+    x, c, y = torch.randn(6, 4), torch.rand(6), torch.tensor([0, 1, 2, 0, 1, 2])
+    null = 3
+    for w in (0.0, 1.0, 2.5):
+        calls.clear()
+        got = guided(net, y, w, null)(x, c)
+        assert calls == ([6] if w == 0 else [12])  # conditional and unconditional together
+        cond, uncond = net(x, c, y), net(x, c, torch.full_like(y, null))
+        np.testing.assert_allclose(got, (1 + w) * cond - w * uncond, rtol=1e-5, atol=1e-5)
+
+
+def test_label_dropout_replaces_the_share_asked_for_by_no_class():
+    from genlab.ddpm import DDPM
+
+    model = DDPM((1, 8, 8), time_steps=10, dim=8, dim_mults=(1,), num_res_blocks=1, attn_levels=0, num_classes=10,
+                 label_dropout=0.25)
+    seen = []
+    forward = model.net.forward
+    model.net.forward = lambda x, c, y=None: (seen.append(y), forward(x, c, y))[1]
+    torch.manual_seed(0)
+    y = torch.randint(0, 10, (4000,))
+    model.loss((torch.rand(4000, 1, 8, 8), y))
+    kept = seen[0] == y
+    assert (seen[0][~kept] == 10).all()
+    assert (~kept).float().mean().item() == pytest.approx(0.25, abs=0.02)
+
+
+def test_a_class_conditional_ddpm_trains_samples_each_class_and_refuses_bad_classes(tmp_path, capsys, tiny_run):
+    import genlab
+    from genlab.cli import main
+    from conftest import TINY_DDPM
+
+    run = tmp_path / "cond"
+    genlab.train("ddpm", out=run, steps=3, cond="class", **TINY_DDPM)
+    assert (run / "figures" / "classes.png").is_file()
+    out = tmp_path / "threes.npz"
+    assert main(["sample", str(run), "--n", "4", "--class", "3", "--guidance", "2", "--sampler", "ddim",
+                 "--steps", "5", "-o", str(out)]) == 0
+    assert np.load(out)["samples"].shape == (4, 1, 8, 8)
+    model = genlab.load(run)
+    assert model.num_classes == 10
+    a = genlab.sample(model, 3, classes=3, guidance=0.0, sampler="ddim", steps=4)
+    b = genlab.sample(model, 3, classes=3, guidance=4.0, sampler="ddim", steps=4)
+    assert not torch.equal(a, b)  # the weight reaches the network
+    capsys.readouterr()
+    assert main(["sample", str(run), "--class", "10"]) == 2
+    assert "between 0 and 9" in capsys.readouterr().err
+    assert main(["sample", str(run), "--guidance", "-1"]) == 2
+    assert main(["sample", str(tiny_run), "--class", "3"]) == 2
+    assert "not class-conditional" in capsys.readouterr().err
+    assert main(["train", "ddpm", "--dataset", "moons", "--cond", "class", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_the_grids_during_training_take_the_preview_sampler(tmp_path, monkeypatch, capsys):
+    import genlab
+    from genlab.cli import main
+    from genlab.ddpm import DDPM
+    from conftest import TINY_DDPM
+
+    calls = []
+    sample = DDPM.sample
+    monkeypatch.setattr(DDPM, "sample", lambda self, n, generator=None, **kw: (calls.append(kw), sample(
+        self, n, generator, **kw))[1])
+    genlab.train("ddpm", out=tmp_path / "r", steps=4, sample_every=2, preview="ddim:3", **TINY_DDPM)
+    grids = [kw for kw in calls if "keep" not in kw and kw.get("sampler") == "ddim"]
+    assert grids == [{"sampler": "ddim", "steps": 3}]  # at step 2; the final grid (step 4) is ancestral
+    capsys.readouterr()
+    assert main(["train", "ddpm", "--preview", "langevin", "--out", str(tmp_path / "bad")]) == 2
+    assert "preview sampler must be NAME or NAME:STEPS" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

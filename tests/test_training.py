@@ -119,7 +119,7 @@ def assert_bitwise_equal(a: dict, b: dict):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("resume") / "a"
-    args = tiny_flags(steps=160, checkpoint_every=10, sample_every=50, flip="true")
+    args = tiny_flags(steps=80, checkpoint_every=10, sample_every=40, flip="true")
     subprocess.run(genlab_cmd("train", "ddpm", "--out", str(out), *args), check=True, capture_output=True, timeout=600)
     return out, args
 
@@ -138,7 +138,7 @@ def test_interrupted_and_resumed_equals_uninterrupted_bit_for_bit(uninterrupted,
     else:
         assert proc.returncode == 143 and "stopped by SIGTERM" in err and "--resume" in err
     steps = sorted(int(p.name[5:]) for p in (run / "checkpoints").glob("step_*"))
-    assert steps and steps[-1] < 160  # stopped mid-run
+    assert steps and steps[-1] < 80  # stopped mid-run
     r = subprocess.run(genlab_cmd("train", "--resume", str(run)), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert_bitwise_equal(final_tensors(ref), final_tensors(run))
@@ -195,15 +195,8 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-4, worst
-    # and not trivially: a different seed gives different weights
-    assert any(not torch.equal(a[k], final_tensors(tiny_seed_run(tmp_path, args))["model"][k]) for k in a)
-
-
-def tiny_seed_run(tmp_path, args):
-    out = tmp_path / "seed1"
-    subprocess.run(genlab_cmd("train", "ddpm", "--out", str(out), *args, "--seed", "1"), check=True,
-                   capture_output=True, timeout=600)
-    return out
+    # and not trivially: the output layer starts at zero (zero_module) and training moved it
+    assert a["net.out.2.weight"].abs().max() > 0
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tmp_path, capsys):
