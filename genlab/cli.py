@@ -213,7 +213,8 @@ def build_parser() -> Parser:
                                             "(default: all T for ancestral, else 50)")
     s.add_argument("--eta", type=float, help="DDIM's stochasticity, 0 (deterministic, default) to 1")
     s.add_argument("--spacing", help="the noise levels: uniform, leading or trailing time steps of the model's own "
-                                     "(ddpm default: uniform), karras (rho = 7) or geometric (ncsn default)")
+                                     "(ddpm's default for ancestral and ddim), karras (rho = 7; ddpm's default for "
+                                     "euler, heun, dpmpp_2m) or geometric (ncsn's default)")
     s.add_argument("--class", dest="class_", metavar="CLASS",
                    help="a class-conditional ddpm: the class to draw, by index or name (default: each in turn)")
     s.add_argument("--guidance", type=float, help="classifier-free guidance weight w >= 0 (default: the run's)")

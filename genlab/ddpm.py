@@ -209,7 +209,9 @@ REPAINT_STEPS, REPAINT_JUMP, REPAINT_RESAMPLINGS = 250, 10, 10
 
 class DDPM(GenerativeModel):
     samplers = ("ancestral", "ddim", "euler", "heun", "dpmpp_2m")
-    spacing = "uniform"  # the default noise levels of a sampler: evenly spaced time steps of the model's own
+    # the default noise levels of each sampler: DDPM's and DDIM's own evenly spaced time steps, and for the ODE
+    # solvers Karras et al.'s rho spacing from sigma = 80 (one step of theirs must not span sigma_T = 2e4 to 6)
+    spacing = {"ancestral": "uniform", "ddim": "uniform", "euler": "karras", "heun": "karras", "dpmpp_2m": "karras"}
 
     def __init__(self, shape, time_steps=50, schedule="cosine", loss="l1", objective="eps", clip_x0=True,
                  dim=16, dim_mults=(1, 2, 4, 8), num_res_blocks=2, attn_levels=2, dropout=0.0, num_classes=0,
@@ -260,7 +262,7 @@ class DDPM(GenerativeModel):
         With `keep` (time steps in 0..T), also {t: x_t in [0, 1]} for those of them the sampler visits."""
         D = self.denoiser(classes, guidance, n)
         steps = steps or (self.diffusion.T if sampler == "ancestral" else min(self.diffusion.T, DEFAULT_STEPS))
-        sigmas = noise_levels(D, steps, spacing or self.spacing)
+        sigmas = noise_levels(D, steps, spacing or self.spacing.get(sampler, "uniform"))
         x = D.prior((n, *self.shape), sigmas[0], generator, self.device)
         x, kept = self.reverse(D, x, sigmas, sampler, eta, generator, keep, progress)
         return (x, kept) if keep else x

@@ -460,7 +460,7 @@ def density_figure(model, data, path, generator, n: int = 200):
     logp = torch.cat([model.log_prob(chunk) for chunk in grid.split(10000)]).view(n, n).cpu()
     samples = model.sample(5000, generator=generator).cpu()
     extent = [float(xs[0]), float(xs[-1]), float(ys[0]), float(ys[-1])]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), layout="constrained")
     axes[0].hist2d(pts[:, 0].numpy(), pts[:, 1].numpy(), bins=n // 2, range=[extent[:2], extent[2:]], cmap="viridis")
     axes[0].set_title(f"data: {data.name}")
     axes[1].imshow(logp.exp().numpy(), origin="lower", extent=extent, cmap="viridis", aspect="auto")

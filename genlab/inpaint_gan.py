@@ -205,14 +205,13 @@ def build(cfg: Config, shape, num_classes=0) -> InpaintGAN:
 @torch.no_grad()
 def figures(model: InpaintGAN, data, out_dir, cfg: Config, generator: torch.Generator) -> list[str]:
     """Completions of test images, with box masks and with free-form masks (masked, completed, original)."""
-    from genlab.viz import save_grid
+    from genlab.viz import inpaint_table
 
     paths = []
-    x = data.floats("test")[:30].to(model.device)
+    x = data.floats("test")[:18].to(model.device)
     for kind in ("box", "free"):
         u = torch.rand(len(x), 29, generator=generator, device=model.device)
         m = box_masks(u[:, 1:5], model.shape[-1]) if kind == "box" else stroke_masks(u[:, 5:], model.shape[-1])
-        grid = torch.stack([x * (1 - m) + 0.5 * m, model.complete(x, m), x], 1).flatten(0, 1)
         paths.append(f"{out_dir}/inpaint_{kind}.png")
-        save_grid(paths[-1], grid, nrow=9)
+        inpaint_table(paths[-1], x, m, model.complete(x, m), title=f"{kind} masks")
     return paths

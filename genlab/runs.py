@@ -11,6 +11,7 @@ import inspect
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -144,8 +145,9 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
         update(cfg.train, extra, "train.")
         update(cfg.train, parse_sets(list(sets), {"train": TrainConfig})["train"], "train.")
         resume_from = checkpoint.latest_intact(run_dir / "checkpoints", set_aside=True)
-        if resume_from is None:
-            raise GenlabError(f"{run_dir} has no checkpoint to resume from")
+        if resume_from is None:  # stopped (e.g. by SIGKILL) before its first checkpoint: the same run from step 0
+            print(f"{run_dir} has no intact checkpoint yet: training it from step 0 with its config.yaml",
+                  file=sys.stderr, flush=True)
     else:
         cfg = make_config(model, config, sets, **options)
         run_dir = Path(out) if out else None
@@ -176,7 +178,9 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
             write_config(run_dir, cfg)
         parallel.barrier()
         trainer = Trainer(cfg, run_dir, data, net, fam, device)
-        if resume is not None:
+        if resume is not None and resume_from is None:
+            drop_metrics(run_dir / "metrics.jsonl", lambda r: True)
+        elif resume is not None:
             trainer.restore(resume_from, verified=True)
             if trainer.step >= trainer.total:
                 if is_finished(run_dir, trainer.step, cfg.train.final_eval):
@@ -257,9 +261,10 @@ def finish(trainer) -> None:
     records = read_metrics(run_dir / "metrics.jsonl")
     losses = ["loss", "loss_d", "loss_g"]
     plot_curves(run_dir / "figures" / "loss.png", records, losses, title="training loss")
-    other = sorted({k for r in records for k in r if k not in ("step", "split", "lr", "img_per_s", "elapsed",
-                                                               "nll_n", "test_n", "quick_end", "compile_s", "grad_norm", "k",
-                                                               *losses)})
+    skip = {"step", "split", "lr", "img_per_s", "elapsed", "nll_n", "test_n", "quick_end", "compile_s", "grad_norm",
+            "k", *losses}
+    # what was logged during training (eval rows are separate runs of `genlab eval`), at most six panels
+    other = sorted({k for r in records if r.get("split") in ("train", "test") for k in r if k not in skip})
     if other:
         plot_curves(run_dir / "figures" / "curves.png", records, other[:6])
     if cfg.train.fid_every:

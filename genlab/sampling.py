@@ -19,7 +19,10 @@ one network evaluation (NFE) per level except where noted:
   second order in lambda = -log sigma; first order for the first step and the step to sigma = 0.
 - `annealed_langevin`: annealed Langevin dynamics (Song and Ermon 2019; seed 002 Algorithm 2) on a
   score, T steps at each level of a ladder.
-Noise-level sequences are separate functions: `discrete_sigmas` (some of the model's own levels:
+- `repaint`: inpainting with an unconditional denoiser by RePaint (Lugmayr et al. 2022), on the
+  schedule of `repaint_schedule`.
+A class-conditional network becomes a guided one by `guided` (classifier-free guidance) before it is
+wrapped as a denoiser. Noise-level sequences are separate functions: `discrete_sigmas` (some of the model's own levels:
 uniform, leading or trailing spacing), `karras_sigmas` (rho spacing) and `geometric_sigmas`.
 Levels are host floats, so a sampling loop never reads from the device.
 """
@@ -69,6 +72,9 @@ class Denoiser:
         return self.sigmas[-1]
 
 
+SIGMA_MAX = 80.0  # where the continuous spacings of a DDPM start
+
+
 class VPDenoiser(Denoiser):
     """A variance-preserving DDPM network net(x_t, t) predicting eps, x0 or v, seen as a denoiser.
 
@@ -96,6 +102,14 @@ class VPDenoiser(Denoiser):
         if logs[hi] == ls:
             return float(hi)
         return hi - 1 + (ls - logs[hi - 1]) / (logs[hi] - logs[hi - 1])
+
+    @property
+    def sigma_max(self) -> float:
+        """The largest level of the continuous spacings (karras, geometric): sigma_T, at most 80.
+
+        Beyond sigma = 80 the noisy data is the prior to within a percent (Karras et al. start there), while a
+        schedule clipped at its end reaches far higher (cosine at T = 1000: sigma_T = 2e4, then 642)."""
+        return min(self.sigmas[0], SIGMA_MAX)
 
     def prior(self, shape, sigma: float, generator=None, device=None) -> torch.Tensor:
         """x_T ~ N(0, I) of Algorithm 2, in this parametrisation: sqrt(1 + sigma^2) N(0, I)."""

@@ -302,7 +302,7 @@ def points_figures(model, data, out_dir, generator):
     paths = [f"{out_dir}/score_field.png", f"{out_dir}/langevin_steps.png", f"{out_dir}/samples.png",
              f"{out_dir}/trajectories.png"]
     # (a) the score field at the smallest and the largest noise level, over the training points
-    fig, axes = plt.subplots(2, 1, figsize=(min(16, 3 * aspect + 2), 7))
+    fig, axes = plt.subplots(2, 1, figsize=(min(16, 3 * aspect + 2), 7), layout="constrained")
     gx, gy = torch.meshgrid(torch.linspace(x0, x1, int(20 * min(aspect, 3))), torch.linspace(y0, y1, 20), indexing="xy")
     grid = torch.stack([gx.flatten(), gy.flatten()], 1).to(model.device)
     for ax, i in zip(axes, (-1, 0)):
@@ -318,7 +318,8 @@ def points_figures(model, data, out_dir, generator):
     final, traj = model.sample(1000, generator=generator, return_traj=True)
     steps = list(range(0, len(traj), 200))[:5]
     panels = [(f"step {k}", traj[k]) for k in steps] + [(f"final (step {len(traj)})", final)]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(min(16, 2.2 * aspect + 1), 2.4 * len(panels)))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(min(16, 2.2 * aspect + 1), 2.4 * len(panels)),
+                             layout="constrained")
     for ax, (title, pts) in zip(axes, panels):
         pts = pts.cpu()
         ax.scatter(pts[:, 0], pts[:, 1], s=2, color="C3")
@@ -327,7 +328,7 @@ def points_figures(model, data, out_dir, generator):
         ax.set_aspect("equal")
         ax.set_title(title, fontsize=9)
     _savefig(fig, paths[1])
-    fig, ax = plt.subplots(figsize=(min(16, 2.5 * aspect + 1), 3))
+    fig, ax = plt.subplots(figsize=(min(16, 2.5 * aspect + 1), 3), layout="constrained")
     ax.scatter(final[:, 0].cpu(), final[:, 1].cpu(), s=2, color="C3")
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
@@ -340,7 +341,7 @@ def points_figures(model, data, out_dir, generator):
 
     L = len(model.sigmas)
     start = (L // 2) * model.T
-    fig, ax = plt.subplots(figsize=(min(16, 2.5 * aspect + 1), 3.5))
+    fig, ax = plt.subplots(figsize=(min(16, 2.5 * aspect + 1), 3.5), layout="constrained")
     ax.scatter(final[:, 0].cpu(), final[:, 1].cpu(), s=2, color="C3", alpha=0.3)
     for k, marker in ((0, "o"), (1, "s")):
         path = traj[start:, k].cpu().numpy()
@@ -362,16 +363,17 @@ def points_figures(model, data, out_dir, generator):
 def image_figures(model, data, out_dir, generator, n: int = 64):
     """n samples, one sample per noise level along a run, and inpainting of test images."""
     from genlab.inpaint_gan import box_masks
-    from genlab.viz import save_grid
+    from genlab.viz import image_table, inpaint_table, save_grid
 
     paths = [f"{out_dir}/samples.png", f"{out_dir}/langevin_levels.png", f"{out_dir}/inpaint.png"]
     final, traj = model.sample(n, generator=generator, return_traj=True)
     save_grid(paths[0], final, nrow=8 if n >= 64 else 4)
     T = model.T
     levels = torch.stack([traj[(i + 1) * T - 1, :8] for i in range(len(model.sigmas))], 1)  # (8, L, C, H, W)
-    save_grid(paths[1], levels.clamp(0, 1).flatten(0, 1), nrow=len(model.sigmas))
-    x = data.floats("test")[: 10 if n >= 64 else 4].to(model.device)
+    image_table(paths[1], list(levels.clamp(0, 1)), [f"sigma {float(s):.2g}" for s in model.sigmas],
+                title=f"one sample after the {T} Langevin steps of each noise level")
+    x = data.floats("test")[: 9 if n >= 64 else 4].to(model.device)
     m = box_masks(torch.rand(len(x), 4, generator=generator, device=model.device), model.shape[-1])
     done = model.inpaint(x, m, generator)
-    save_grid(paths[2], torch.stack([x * (1 - m) + 0.5 * m, done, x], 1).flatten(0, 1), nrow=9)
+    inpaint_table(paths[2], x, m, done, title="conditional score, annealed Langevin", per_row=3 if n >= 64 else 2)
     return paths

@@ -42,6 +42,10 @@ class NonFiniteLoss(Exception):
         self.step = step
 
 
+class GridInterrupted(Exception):
+    """Raised by the stop-signal handler while a sample grid is being drawn during training."""
+
+
 class EMA(AveragedModel):
     """An exponential moving average of a module's weights and buffers, with the usual warm-up.
 
@@ -314,6 +318,7 @@ class Trainer:
                                                       generator=torch.Generator().manual_seed(tc.seed))
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", tc.tracking, run_dir, cfg.to_dict()) if self.main else None
         self.stop_signal = None
+        self.grid_in_progress = False  # a stop signal abandons a grid being drawn during training
         self.features = None
         if tc.fid_every and self.main:
             from genlab.evaluation import choose_features, log_stderr, reference_features
@@ -394,6 +399,17 @@ class Trainer:
         path = self.run_dir / "samples" / f"{name}.png"
         save_sample_file(path, x)
         return path
+
+    def interruptible_grid(self, name: str) -> None:
+        """A grid during training that a stop signal abandons (the stop itself follows after the step)."""
+        self.grid_in_progress = True
+        try:
+            self.sample_grid(name)
+        except GridInterrupted:
+            print(f"{signal.Signals(self.stop_signal).name}: the sample grid {name} was abandoned",
+                  file=sys.stderr, flush=True)
+        finally:
+            self.grid_in_progress = False
 
     def final_eval_size(self) -> int:
         """Test examples for the end-of-run test pass and likelihood (see TrainConfig.final_eval)."""
@@ -512,7 +528,7 @@ class Trainer:
                     self.batch_in_epoch = 0
                     if tc.sample_each_epoch and self.main:
                         t0 = time.perf_counter()
-                        self.sample_grid(f"epoch_{self.epoch:04d}")
+                        self.interruptible_grid(f"epoch_{self.epoch:04d}")
                         self.paused += time.perf_counter() - t0
             self.check_finite()
         except NonFiniteLoss as e:
@@ -557,7 +573,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)  # queued training work is training time, not a pause
             t0 = time.perf_counter()
         if sample and self.main:
-            self.sample_grid(f"step_{self.step:08d}")
+            self.interruptible_grid(f"step_{self.step:08d}")
         if evaluate and self.main:
             self.log("test", self.evaluate())
         if quality and self.main:
@@ -578,6 +594,9 @@ class Trainer:
     def _install_signals(self):
         def handler(signum, frame):
             self.stop_signal = signum
+            if self.grid_in_progress:  # minutes of sampling are not worth waiting for
+                self.grid_in_progress = False
+                raise GridInterrupted
 
         try:
             return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -76,7 +76,7 @@ def save_scatter(path: str | Path, points, title: str = "", lim: float | None = 
     import matplotlib.pyplot as plt
 
     p = np.asarray(points)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
     ax.scatter(p[:, 0], p[:, 1], s=s, alpha=0.6, linewidths=0)
     if lim:
         ax.set_xlim(-lim, lim)
@@ -106,7 +106,8 @@ def image_table(path: str | Path, rows: list[torch.Tensor], col_titles: list[str
     import matplotlib.pyplot as plt
 
     nr, nc = len(rows), len(col_titles)
-    fig, axes = plt.subplots(nr, nc, figsize=(1.3 * nc + 0.4, 1.3 * nr + 0.5), squeeze=False)
+    fig, axes = plt.subplots(nr, nc, figsize=(1.3 * nc + 0.4, 1.3 * nr + 0.5), squeeze=False,
+                             layout="constrained")
     for i, row in enumerate(rows):
         for j in range(nc):
             ax = axes[i][j]
@@ -123,15 +124,29 @@ def image_table(path: str | Path, rows: list[torch.Tensor], col_titles: list[str
     _savefig(fig, path)
 
 
+def inpaint_table(path: str | Path, x: torch.Tensor, m: torch.Tensor, done: torch.Tensor, title: str = "",
+                  per_row: int = 3) -> None:
+    """Inpainting results, `per_row` examples to a row, each as masked input (hole grey), completion, original."""
+    cells = torch.stack([x * (1 - m) + 0.5 * m, done, x], 1)  # (B, 3, C, H, W)
+    per_row = min(per_row, len(x))
+    rows = [cells[i: i + per_row].flatten(0, 1) for i in range(0, len(x) - per_row + 1, per_row)]
+    image_table(path, rows, ["masked", "completion", "original"] * per_row, title=title)
+
+
 def plot_curves(path: str | Path, records: list[dict], keys: list[str], title: str = "", logy: bool = False) -> bool:
     """Plot each key against step for train (smoothed) and test records; False if nothing to plot."""
     import matplotlib.pyplot as plt
 
-    present = [k for k in keys if any(k in r for r in records)]
+    records = [r for r in records if r.get("split") in ("train", "test")]
+    present = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in records)]
     if not present:
         return False
-    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], present):
+    cols = min(3, len(present))
+    rows = -(-len(present) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(present):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, present):
         for split, style in (("train", "-"), ("test", "o-")):
             pts = [(r["step"], r[key]) for r in records if r.get("split") == split and key in r
                    and r[key] is not None and math.isfinite(r[key])]

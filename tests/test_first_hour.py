@@ -105,3 +105,30 @@ def test_final_eval_full_on_resume_redoes_the_end_in_full(tmp_path, capsys):
     assert len([r for r in tests if r["step"] == 3]) == 1 and tests[-1]["test_n"] == 300  # redone, not repeated
     assert main(["train", "--resume", str(run), "--final-eval", "full"]) == 2
     assert "already complete" in capsys.readouterr().err
+
+
+def test_sigterm_abandons_a_sample_grid_in_progress(tmp_path, monkeypatch, capsys):
+    """A stop signal during a grid drawn in training stops the run at once, with a checkpoint, not after the grid."""
+    import os
+    import signal
+    import time
+
+    from genlab.ddpm import DDPM
+
+    def slow_preview(self, n, generator, data, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the grid is being drawn
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 60:  # a long sampler
+            time.sleep(0.01)
+        pytest.fail("the grid was not abandoned")
+
+    monkeypatch.setattr(DDPM, "preview", slow_preview)
+    run = tmp_path / "r"
+    t0 = time.perf_counter()
+    assert main(["train", "ddpm", "--out", str(run), "--steps", "20", "--sample-every", "5",
+                 *[f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                   for k, v in TINY_DDPM.items()]]) == 143
+    assert time.perf_counter() - t0 < 30
+    err = capsys.readouterr().err
+    assert "the sample grid step_00000005 was abandoned" in err and "stopped by SIGTERM at step 5" in err
+    assert (run / "checkpoints" / "step_00000005").is_dir() and not (run / "samples" / "step_00000005.png").exists()

@@ -456,3 +456,15 @@ def test_the_grids_during_training_take_the_preview_sampler(tmp_path, monkeypatc
     assert main(["train", "ddpm", "--preview", "langevin", "--out", str(tmp_path / "bad")]) == 2
     assert "preview sampler must be NAME or NAME:STEPS" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_continuous_spacings_of_a_ddpm_start_at_sigma_80():
+    from genlab.sampling import noise_levels
+
+    d = GaussianDiffusion(cosine_alphas(1000))
+    D = VPDenoiser(None, d.alpha_bar)
+    assert D.sigmas[0] > 2e4 and D.sigma_max == 80.0  # the clipped end of the cosine schedule is not a start
+    assert noise_levels(D, 10, "karras")[0] == pytest.approx(80.0)
+    assert noise_levels(D, 10, "uniform")[0] == D.sigmas[0]  # DDIM and ancestral keep the model's own steps
+    small = VPDenoiser(None, GaussianDiffusion(cosine_alphas(50, min_alpha=0.5)).alpha_bar)
+    assert small.sigma_max == small.sigmas[0] < 80

@@ -244,3 +244,66 @@ def test_a_setup_failure_leaves_no_run_directory(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(genlab.trainer.Trainer, "__init__", broken)
     assert main(["train", "ddpm", "--steps", "2", "--out", str(tmp_path / "x"), "--progress", "false"]) == 2
     assert "broken optimizer" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def train_rows(run: Path) -> list[tuple]:
+    """(step, loss, grad_norm) of every training log line: what a resumed run must reproduce exactly."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r.get("grad_norm")) for r in rows if r["split"] == "train"]
+
+
+@pytest.mark.slow
+def test_twenty_sigkills_anywhere_and_the_run_is_bit_for_bit_the_uninterrupted_one(tmp_path):
+    """SIGKILL at 20 moments spread over a run (inside steps, checkpoint writes, sample grids, test passes and
+    the end-of-run work), resuming after each: weights, optimizer state, RNG and logged losses are exactly
+    those of the run that was never stopped."""
+    args = tiny_flags(steps=150, checkpoint_every=7, sample_every=20, eval_every=25, flip="true")
+    ref = tmp_path / "ref"
+    t0 = time.perf_counter()
+    subprocess.run(genlab_cmd("train", "ddpm", "--out", str(ref), *args), check=True, capture_output=True, timeout=600)
+    duration = time.perf_counter() - t0
+    run, kills = tmp_path / "run", 0
+    for k in range(20):
+        started = (run / "checkpoints").is_dir() and checkpoint_dirs(run)
+        cmd = genlab_cmd("train", "--resume", str(run)) if started else genlab_cmd("train", "ddpm", "--out", str(run),
+                                                                                   *args)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5 + (k * 0.618 % 1) * duration)  # moments spread over the run, start-up included
+        if proc.poll() is not None:  # finished (or nothing left to do) before the moment came
+            proc.communicate()
+            if is_done(run):
+                break
+            continue
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        kills += 1
+    if not is_done(run):
+        r = subprocess.run(genlab_cmd("train", "--resume", str(run)), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+    assert kills >= 10
+    assert_bitwise_equal(final_tensors(ref), final_tensors(run))
+    assert train_rows(run) == train_rows(ref)
+    assert (run / "report.html").is_file() and is_done(run)
+
+
+def checkpoint_dirs(run: Path) -> list[Path]:
+    return [p for p in (run / "checkpoints").iterdir() if p.name.startswith("step_")]
+
+
+def is_done(run: Path) -> bool:
+    f = run / "finished.json"
+    return f.is_file() and json.loads(f.read_text()).get("done") is True
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "early"
+    shutil.copytree(tiny_run, run)
+    for ckpt in checkpoint_dirs(run):  # as left by SIGKILL during the first steps: config and logs, no checkpoint
+        shutil.rmtree(ckpt)
+    (run / "finished.json").unlink()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "no intact checkpoint yet: training it from step 0" in capsys.readouterr().err
+    assert_bitwise_equal(final_tensors(tiny_run), final_tensors(run))
+    assert [r[0] for r in train_rows(run)] == [r[0] for r in train_rows(tiny_run)]  # no row twice
