@@ -18,6 +18,7 @@ import torch
 
 import genlab
 from genlab.runs import prepare_data
+from tables import emit
 
 
 def centred_box(shape) -> torch.Tensor:
@@ -67,15 +68,8 @@ def main():
                "outside_exact": bool(torch.equal(done[outside], x[outside])), "wall_s": round(wall, 1), **kwargs}
         rows.append(row)
         print(json.dumps({"benchmark": "inpaint_table", "n": a.n, **row}), flush=True)
-    lines = [f"| run | family | MSE inside the box (n = {a.n}) | outside unchanged | wall s ({device}) |",
-             "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['run']} | {r['family']} | {r['mse_in_box']} | {r['outside_exact']} | {r['wall_s']} |" for r in rows]
-    table = "\n".join(lines)
-    print(table)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(table + "\n")
-
+    emit(["run", "family", f"MSE inside the box (n = {a.n})", "outside unchanged", f"wall s ({device})"],
+         [[r["run"], r["family"], r["mse_in_box"], r["outside_exact"], r["wall_s"]] for r in rows], a.out)
 
 if __name__ == "__main__":
     main()

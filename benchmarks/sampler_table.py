@@ -23,6 +23,7 @@ from genlab import metrics
 from genlab.evaluation import Features, reference_features
 from genlab.runs import prepare_data
 from genlab.sampling import nfe
+from tables import emit
 
 PLAN = "ancestral,ddim:20,ddim:50,euler:50,heun:10,heun:25,dpmpp_2m:10,dpmpp_2m:20"
 
@@ -65,17 +66,10 @@ def main():
                **measure(x, features, real, want)}
         rows.append(row)
         print(json.dumps({"benchmark": "sampler_table", **row}), flush=True)
-    head = f"| sampler | steps | NFE | domain FD (n = {a.n}) | domain KID | largest class-share gap | wall s ({device}) |"
-    lines = [head, "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['domain_fd']} | {r['domain_kid']} | "
-                     f"{r['class_gap']} | {r['wall_s']} |")
-    table = "\n".join(lines)
-    print(table)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(table + "\n")
-
+    emit(["sampler", "steps", "NFE", f"domain FD (n = {a.n})", "domain KID", "largest class-share gap",
+          f"wall s ({device})"],
+         [[r["sampler"], r["steps"], r["nfe"], r["domain_fd"], r["domain_kid"], r["class_gap"], r["wall_s"]]
+          for r in rows], a.out)
 
 if __name__ == "__main__":
     main()

@@ -391,14 +391,14 @@ def inpaint_figure(model: DDPM, data, path, generator, quick: bool = False, comp
     """RePaint on test images with a centred box of half the side: masked input, completions, truth.
 
     4 images on min(T, 100) levels with 5 resamplings (a few seconds for a small model); with `quick`,
-    2 images on min(T, 20) levels with 2."""
+    2 images on min(T, 10) levels without resampling."""
     from genlab.viz import image_table
 
     x = data.floats("test")[: 2 if quick else 4].to(model.device)
     H, W = model.shape[-2:]
     m = torch.zeros(1, 1, H, W, device=model.device)
     m[..., H // 4: H // 4 + H // 2, W // 4: W // 4 + W // 2] = 1
-    steps, resamplings = (min(model.diffusion.T, 20), 2) if quick else (min(model.diffusion.T, 100), 5)
+    steps, resamplings = (min(model.diffusion.T, 10), 1) if quick else (min(model.diffusion.T, 100), 5)
     k = len(x)
     done = model.inpaint(x.repeat(completions, 1, 1, 1), m, generator, steps, jump_length=min(10, steps),
                          resamplings=resamplings).view(completions, k, *x.shape[1:])  # one batch for all

@@ -145,7 +145,7 @@ def test_ancestral_sampling_with_optimal_denoiser(schedule, T, objective):
     """
     d = GaussianDiffusion(linear_alphas(T) if schedule == "linear" else cosine_alphas(T))
     net = OptimalDenoiser(d, M, S, objective)
-    n = 20000
+    n = 12000
     x = run_sampler(d, net, (n, 1, 2, 2), torch.Generator().manual_seed(0), objective=objective, clip=False).double()
     np.testing.assert_allclose(x.mean(0), M[0], atol=4 * 0.5 / math.sqrt(n))
     np.testing.assert_allclose(x.var(0), chain_variance(d, S)[0], rtol=0.04)
