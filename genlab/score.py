@@ -172,12 +172,8 @@ class NCSN(GenerativeModel):
         if sampler == "langevin":
             if spacing or eta is not None:
                 raise GenlabError("annealed Langevin runs on the model's own ladder: --spacing and --eta do not apply")
-            saved, self.T = self.T, steps or self.T
-            try:
-                out = annealed_langevin(self.score, self.initial(n, generator), self.sigmas, self.eps, self.T,
-                                        generator, return_traj)
-            finally:
-                self.T = saved
+            out = annealed_langevin(self.score, self.initial(n, generator), self.sigmas, self.eps, steps or self.T,
+                                    generator, return_traj)
         else:
             if return_traj:
                 raise GenlabError("the trajectory is kept by the langevin sampler only")
