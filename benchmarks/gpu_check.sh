@@ -4,7 +4,8 @@
 #   1. the CUDA-marked tests: every family trains, samples, evaluates with --device auto; exact resume
 #      (CUDA RNG state included); a GPU checkpoint resumes on the CPU
 #   2. one JSON line each: the DDPM seed config at batch 256 through `genlab train` beside the bare compiled
-#      step; the seed GAN for 30 epochs; NCSN text:CS446 for 10,000 steps; 10,000 DDPM samples of MNIST (T = 50)
+#      step; the seed GAN for 30 epochs; NCSN text:CS446 for 10,000 steps; 10,000 DDPM samples of MNIST (T = 50);
+#      both stages of an MNIST ldm (600 steps each)
 #
 #   bash benchmarks/gpu_check.sh            # over an installed CUDA torch: the project is used from the tree
 #   QUICK=1 DEVICE=cpu bash benchmarks/gpu_check.sh   # the same steps, tiny, to check the script itself
@@ -97,4 +98,23 @@ print(json.dumps({"check": f"ddpm mnist samples, T = {model.diffusion.T}", "n": 
 PYEOF
 else
     echo '{"check": "ddpm mnist samples", "skipped": "no MNIST files"}'
+fi
+
+# 2e. latent diffusion on MNIST: the training img/s of each stage (autoencoder, then the latent U-Net)
+if [ -n "$MNIST" ]; then
+    if [ "$QUICK" = 1 ]; then LDM_STEPS=20; else LDM_STEPS=600; fi
+    timeout 240 "$PY" -m genlab train ldm --dataset mnist --data-dir "$MNIST" --steps "$LDM_STEPS" \
+        --batch-size "$BATCH" --ae-batch-size "$BATCH" --final-eval-n 8 --device "$DEVICE" --progress false \
+        --out "$OUT/ldm" >"$OUT/ldm.log" 2>&1 || tail -n 5 "$OUT/ldm.log"
+    "$PY" - "$OUT/ldm" <<'PYEOF'
+import json, sys
+from pathlib import Path
+from genlab.trainer import read_metrics
+run = Path(sys.argv[1])
+rate = lambda p: [r for r in read_metrics(p) if r["split"] == "train"][-1]["img_per_s"]  # noqa: E731
+print(json.dumps({"check": "ldm mnist, img/s of each stage", "autoencoder": round(rate(run / "autoencoder" / "metrics.jsonl"), 1),
+                  "latent_unet": round(rate(run / "metrics.jsonl"), 1)}), flush=True)
+PYEOF
+else
+    echo '{"check": "ldm mnist", "skipped": "no MNIST files"}'
 fi

@@ -61,7 +61,8 @@ def main():
         t0 = time.perf_counter()
         x = genlab.sample(model, a.n, seed=0, **kwargs).cpu()
         wall = time.perf_counter() - t0
-        n_steps = int(steps) if steps else (model.diffusion.T if name == "ancestral" else 50)
+        T = getattr(model, "latent", model).diffusion.T  # an ldm: its latent DDPM
+        n_steps = int(steps) if steps else (T if name == "ancestral" else 50)
         row = {"sampler": name, "steps": n_steps, "nfe": nfe(name, n_steps), "wall_s": round(wall, 1),
                **measure(x, features, real, want)}
         rows.append(row)

@@ -21,7 +21,7 @@ from pathlib import Path
 # family -> extra flags on MNIST (None: the family's own default data)
 RUNS = {
     "ddpm": [], "vae": [], "gan": [], "inpaint-gan": [], "cyclegan": [],
-    "ncsn": [], "made": ["--binarize", "true"], "flow": [],
+    "ncsn": [], "made": ["--binarize", "true"], "flow": [], "ldm": [],
 }
 POINTS = {"ncsn-points": ("ncsn", []), "flow-points": ("flow", ["--dataset", "moons"])}
 

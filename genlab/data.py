@@ -31,14 +31,15 @@ from genlab.errors import GenlabError
 @dataclass
 class Dataset:
     name: str
-    kind: str  # "image" or "points"
-    train: torch.Tensor  # uint8 (N, C, H, W) or float32 (N, 2)
+    kind: str  # "image", "points", or "latent" (float32 codes of images)
+    train: torch.Tensor  # uint8 (N, C, H, W), float32 (N, 2), or float32 latents (N, c, h, w)
     test: torch.Tensor
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     classes: list[str] | None = None
     train_b: torch.Tensor | None = None  # a second, unpaired domain (CycleGAN)
     test_b: torch.Tensor | None = None
+    images: Dataset | None = None  # latent data: the images they encode
 
     @property
     def shape(self) -> tuple[int, ...]:

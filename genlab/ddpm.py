@@ -215,9 +215,12 @@ class DDPM(GenerativeModel):
 
     def __init__(self, shape, time_steps=50, schedule="cosine", loss="l1", objective="eps", clip_x0=True,
                  dim=16, dim_mults=(1, 2, 4, 8), num_res_blocks=2, attn_levels=2, dropout=0.0, num_classes=0,
-                 label_dropout=0.1, guidance=1.0):
+                 label_dropout=0.1, guidance=1.0, pixels=True):
+        """`pixels`: the data are images in [0, 1], diffused as 2x - 1 and returned clamped to [0, 1];
+        otherwise they are diffused and returned as they are (latent diffusion)."""
         super().__init__()
-        self.shape = tuple(shape)
+        self.shape, self.pixels = tuple(shape), pixels
+        self.x0_range = 1.0  # clip_x0 clamps x0 to [-x0_range, x0_range]: the data's range (latents: their own)
         self.loss_type, self.objective, self.clip_x0 = loss, objective, clip_x0
         self.num_classes, self.label_dropout, self.guidance = num_classes, label_dropout, guidance
         self.net = UNet(shape[0], dim=dim, dim_mults=tuple(dim_mults), num_res_blocks=num_res_blocks,
@@ -230,7 +233,15 @@ class DDPM(GenerativeModel):
         if self.num_classes:  # classifier-free guidance: some labels become "no class" (class K)
             y = torch.where(parallel.rand_like(y.float()) < self.label_dropout, self.num_classes, y)
             net = lambda xt, t: self.net(xt, t, y)  # noqa: E731
-        return {"loss": self.diffusion.training_loss(net, x * 2 - 1, self.loss_type, self.objective).mean()}
+        return {"loss": self.diffusion.training_loss(net, self.to_model(x), self.loss_type, self.objective).mean()}
+
+    def to_model(self, x):
+        """Data as the diffusion sees it: images in [0, 1] to [-1, 1]; latents unchanged."""
+        return x * 2 - 1 if self.pixels else x
+
+    def from_model(self, v):
+        """The inverse of to_model, images clamped to [0, 1]."""
+        return ((v + 1) / 2).clamp(0, 1) if self.pixels else v
 
     def class_labels(self, n: int, classes=None) -> torch.Tensor:
         """The class of each of n samples: `classes` (an int or n ints), or 0, 1, ..., K-1, 0, 1, ... by default."""
@@ -250,7 +261,7 @@ class DDPM(GenerativeModel):
         if self.num_classes and n:
             w = self.guidance if guidance is None else guidance
             net = guided(self.net, self.class_labels(n, classes), w, self.num_classes)
-        return VPDenoiser(net, self.diffusion.alpha_bar, self.objective, self.clip_x0)
+        return VPDenoiser(net, self.diffusion.alpha_bar, self.objective, self.clip_x0 and self.x0_range)
 
     @torch.no_grad()
     def sample(self, n, generator=None, sampler: str = "ancestral", steps: int | None = None, eta: float | None = None,
@@ -267,10 +278,10 @@ class DDPM(GenerativeModel):
         return (x, kept) if keep else x
 
     def reverse(self, D: VPDenoiser, x, sigmas, sampler="ancestral", eta=None, generator=None, keep=(), progress=None):
-        """Run a sampler from x at sigmas[0]; the result and the kept states x_t, as images in [0, 1]."""
+        """Run a sampler from x at sigmas[0]; the result and the kept states x_t, as data (see from_model)."""
         T = self.diffusion.T
         step_of = {D.sigmas[T - t]: t for t in range(1, T + 1)} | {0.0: 0}
-        to_image = lambda v, s: ((v / math.sqrt(1 + s ** 2) + 1) / 2).clamp(0, 1)  # noqa: E731  x_t = x / sqrt(1 + s^2)
+        to_image = lambda v, s: self.from_model(v / math.sqrt(1 + s ** 2))  # noqa: E731  x_t = x / sqrt(1 + s^2)
         kept = {}
         if step_of.get(sigmas[0]) in keep:
             kept[step_of[sigmas[0]]] = to_image(x, sigmas[0])

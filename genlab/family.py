@@ -77,6 +77,7 @@ FAMILIES = {
     "flow": ("genlab.flows", "normalizing flow: RealNVP/Glow multi-scale for images, coupling MLPs for 2-D data (seed 003)"),
     "gan": ("genlab.gan", "GAN: seed 002's DNet/GNet for MNIST, or a DCGAN for 32x32/64x64 colour images"),
     "inpaint-gan": ("genlab.inpaint_gan", "GAN inpainting: a U-Net that never sees the hole, masked MSE + adversarial loss (seed 001)"),
+    "ldm": ("genlab.ldm", "latent diffusion: a KL autoencoder, then a DDPM on its latents (Rombach et al. 2022; seed 000)"),
     "made": ("genlab.made", "MADE: masked autoencoder, exact NLL, several orderings/connectivities (seed 003)"),
     "ncsn": ("genlab.score", "score model with annealed Langevin dynamics: ScoreNet for 2-D data, a U-Net for images (seed 002)"),
     "vae": ("genlab.vae", "variational autoencoder, conv (seed 003) or MLP, Gaussian or Bernoulli decoder (seeds 003, 004)"),

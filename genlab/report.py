@@ -45,6 +45,9 @@ CAPTIONS = {
     "langevin_steps": "samples along one annealed Langevin run",
     "langevin_levels": "one row per sample: its state at the end of each noise level, largest first",
     "trajectories": "two Langevin trajectories over the smaller noise levels, coloured by step",
+    "autoencoder": "latent diffusion, stage 1: test images and their reconstructions (PSNR above each)",
+    "latents": "latent diffusion: an image and each channel of its scaled latent mean",
+    "autoencoder_loss": "latent diffusion, stage 1: the autoencoder's training curves",
 }
 
 

@@ -145,7 +145,8 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
         update(cfg.train, extra, "train.")
         update(cfg.train, parse_sets(list(sets), {"train": TrainConfig})["train"], "train.")
         resume_from = checkpoint.latest_intact(run_dir / "checkpoints", set_aside=True)
-        if resume_from is None:  # stopped (e.g. by SIGKILL) before its first checkpoint: the same run from step 0
+        if resume_from is None and not hasattr(family(cfg.family), "first_stage"):
+            # stopped (e.g. by SIGKILL) before its first checkpoint: the same run from step 0
             print(f"{run_dir} has no intact checkpoint yet: training it from step 0 with its config.yaml",
                   file=sys.stderr, flush=True)
     else:
@@ -177,6 +178,9 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
         if parallel.is_main():
             write_config(run_dir, cfg)
         parallel.barrier()
+        if hasattr(fam, "first_stage"):  # a model trained in two stages (ldm): the first, and what the second sees
+            started = True  # from here a stopped first stage leaves its checkpoints to resume from
+            data = fam.first_stage(net, data, cfg, run_dir, device)
         trainer = Trainer(cfg, run_dir, data, net, fam, device)
         if resume is not None and resume_from is None:
             drop_metrics(run_dir / "metrics.jsonl", lambda r: True)
@@ -199,14 +203,19 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
                 raise TrainingStopped(f"interrupted during the end-of-run work; genlab train --resume {run_dir} "
                                       f"completes it", 130) from None
     except BaseException:
-        # failed while setting up, or before its first checkpoint: leave no half-made run behind
-        if created and (not started or checkpoint.latest(run_dir / "checkpoints") is None):
+        # failed while setting up, or before its first checkpoint (of any stage): leave no half-made run behind
+        if created and (not started or not has_checkpoint(run_dir)):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
         parallel.barrier()
         parallel.teardown()
     return load(run_dir, device=str(device)) if parallel.is_main() else None
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run, or a stage of it (ldm's autoencoder/), has written a checkpoint."""
+    return any(checkpoint.latest(p) is not None for p in run_dir.glob("**/checkpoints"))
 
 
 # finish() writes it with done: false when the end of the run starts and done: true when it is over

@@ -80,14 +80,16 @@ class VPDenoiser(Denoiser):
 
     `alpha_bar[i]` is abar at the paper's t = i + 1; sigma maps to the (fractional) time step by linear
     interpolation of log sigma between the model's levels, exact at the levels themselves. With `clip`
-    the prediction of x0 is clamped to [-1, 1] (Algorithm 2, line 6).
+    the prediction of x0 is clamped to [-1, 1] (Algorithm 2, line 6), or to [-clip, clip] when it is a number
+    (the range of a latent diffusion's training latents).
     """
 
     discrete = True
 
-    def __init__(self, net: Callable, alpha_bar: torch.Tensor, objective: str = "eps", clip: bool = True):
+    def __init__(self, net: Callable, alpha_bar: torch.Tensor, objective: str = "eps", clip: bool | float = True):
         abar = alpha_bar.detach().double().cpu()
-        self.net, self.objective, self.clip = net, objective, clip
+        self.net, self.objective = net, objective
+        self.clip = 1.0 if clip is True else float(clip)  # 0: no clamp
         self.sigmas = ((1 - abar) / abar).sqrt().flip(0).tolist()  # sigma_T first
         self._log_sigmas = [math.log(s) for s in reversed(self.sigmas)]  # ascending, index i is t = i + 1
 
@@ -126,7 +128,7 @@ class VPDenoiser(Denoiser):
             x0 = out
         else:  # v = sqrt(abar) eps - sqrt(1 - abar) x0
             x0 = abar * x - math.sqrt(1 - abar) * out
-        return x0.clamp(-1, 1) if self.clip else x0
+        return x0.clamp(-self.clip, self.clip) if self.clip else x0
 
 
 class ScoreDenoiser(Denoiser):

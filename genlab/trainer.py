@@ -268,6 +268,7 @@ def test_averages(model, data: Dataset, device, limit: int = 0) -> dict[str, flo
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, data: Dataset, model, fam, device: torch.device):
         self.cfg, self.run_dir, self.data, self.model, self.fam, self.device = cfg, run_dir, data, model, fam, device
+        self.images = data.images or data  # what samples are compared with (latent data: the images they encode)
         tc = cfg.train
         self.main = parallel.is_main()
         n_batches = len(data.train) // tc.batch_size
@@ -323,15 +324,15 @@ class Trainer:
         if tc.fid_every and self.main:
             from genlab.evaluation import choose_features, log_stderr, reference_features
 
-            self.features = choose_features(tc.fid_features, data, device, log_stderr)
-            reference_features(self.features, data)  # computed (or read) now, not in the middle of training
+            self.features = choose_features(tc.fid_features, self.images, device, log_stderr)
+            reference_features(self.features, self.images)  # computed (or read) now, not in the middle of training
 
     # -- state -----------------------------------------------------------------
 
     def state(self) -> tuple[dict, dict]:
         tensors = {"model": self.model.state_dict()}
         meta = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed,
-                "family": self.cfg.family, "shape": list(self.data.shape),
+                "family": self.cfg.family, "shape": list(self.images.shape),
                 "num_classes": len(self.data.classes or []), "classes": self.data.classes,
                 "ema_target": self.model.ema_target if self.ema else None,
                 "optimizers": {}, "schedulers": {}}
@@ -452,7 +453,7 @@ class Trainer:
         with evaluation_mode(self.model, self.ema):
             n = self.cfg.train.fid_n
             x = torch.cat([self.model.sample(min(250, n - i), generator=g).cpu() for i in range(0, n, 250)])
-        return sample_metrics(x, self.data, self.features, which=("fid",))
+        return sample_metrics(x, self.images, self.features, which=("fid",))
 
     def log(self, split: str, values: dict) -> None:
         if self.main:
@@ -553,9 +554,10 @@ class Trainer:
     def augment(self, x):
         """Dynamic binarisation, random flips and the memory layout of a training batch."""
         tc = self.cfg.train
-        if self.cfg.data.binarize:  # a fresh binary image every time
+        image = self.data.kind == "image"  # not 2-D points or latent codes, which are not binarised or flipped
+        if self.cfg.data.binarize and image:  # a fresh binary image every time
             x = (parallel.rand_like(x) < x).to(x.dtype)
-        if self.cfg.data.flip and x.dim() == 4:
+        if self.cfg.data.flip and image:
             flip = parallel.rand_like(x[:, 0, 0, 0]) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         if tc.channels_last and x.dim() == 4:

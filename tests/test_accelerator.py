@@ -80,6 +80,8 @@ TINY = {  # family -> options: every family, a few steps each
     "ncsn": dict(dataset="moons", batch_size=64),
     "made": dict(dataset="digits", image_size=8, binarize=True, hidden=[32], num_masks=2, batch_size=16),
     "flow": dict(dataset="moons", batch_size=64),
+    "ldm": dict(dataset="digits", image_size=8, factor=2, ae_steps=4, ae_width=4, ae_batch_size=16, dim=8,
+                dim_mults=[1], time_steps=10, num_res_blocks=1, batch_size=16, ema_decay=0.99),
 }
 READS = ("item", "__float__", "__int__", "__bool__", "tolist")
 
