@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 
 import pytest
@@ -94,9 +95,18 @@ def test_the_discriminator_joins_at_its_step_with_the_adaptive_weight():
     assert math.isclose(float(g_adv.norm()), 0.5 * float(g_rec.norm()), rel_tol=1e-3)
 
 
-def test_train_sample_eval_resume_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def ldm_run(tmp_path_factory):
+    """One tiny ldm run of 3 steps in each stage, uninterrupted; tests that change it work on a copy."""
+    run = tmp_path_factory.mktemp("ldm") / "run"
+    genlab.train("ldm", out=run, steps=3, **TINY_LDM)
+    return run
+
+
+def test_train_sample_eval_resume_end_to_end(ldm_run, tmp_path):
     run = tmp_path / "ldm"
-    model = genlab.train("ldm", out=run, steps=4, **TINY_LDM)
+    shutil.copytree(ldm_run, run)
+    model = genlab.load(run)
     assert (run / "autoencoder" / "done.json").is_file() and (run / "autoencoder" / "checkpoints").is_dir()
     for name in ("autoencoder", "latents", "forward", "strip", "autoencoder_loss"):
         assert (run / "figures" / f"{name}.png").is_file(), name
@@ -109,14 +119,13 @@ def test_train_sample_eval_resume_end_to_end(tmp_path):
     assert math.isfinite(result["loss"])
     with pytest.raises(GenlabError, match="no likelihood"):
         runs.evaluate(run, metrics=("nll",), n=4)
-    again = genlab.train(resume=run, steps=6)
-    assert again.step == 6
+    again = genlab.train(resume=run, steps=5)
+    assert again.step == 5
     torch.testing.assert_close(again.scale, model.scale)  # stage 1 not trained again
 
 
-def test_a_run_stopped_in_stage_one_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
-    ref = tmp_path / "ref"
-    genlab.train("ldm", out=ref, steps=3, **TINY_LDM)
+def test_a_run_stopped_in_stage_one_resumes_to_the_uninterrupted_run(ldm_run, tmp_path, monkeypatch):
+    ref = ldm_run
     step = ldm.AutoencoderKL.train_step
 
     def stop_at_two(self, batch, ctx):
@@ -135,9 +144,9 @@ def test_a_run_stopped_in_stage_one_resumes_to_the_uninterrupted_run(tmp_path, m
     assert_bitwise_equal(final_tensors(ref), final_tensors(run))
 
 
-def test_reusing_a_trained_autoencoder_skips_stage_one(tmp_path):
-    first = genlab.train("ldm", out=tmp_path / "a", steps=2, **TINY_LDM)
-    kw = dict(TINY_LDM, sets=TINY_LDM["sets"] + [f"model.autoencoder={tmp_path / 'a'}", "model.cond=class"])
+def test_reusing_a_trained_autoencoder_skips_stage_one(ldm_run, tmp_path):
+    first = genlab.load(ldm_run)
+    kw = dict(TINY_LDM, sets=TINY_LDM["sets"] + [f"model.autoencoder={ldm_run}", "model.cond=class"])
     second = genlab.train("ldm", out=tmp_path / "b", steps=2, **kw)
     assert not (tmp_path / "b" / "autoencoder").exists() and (tmp_path / "b" / "figures" / "classes.png").is_file()
     x = runs.sample(second, 4, classes="3", guidance=2.0, sampler="ddim", steps=2)  # class-conditional, guided
