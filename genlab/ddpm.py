@@ -220,12 +220,17 @@ class DDPM(GenerativeModel):
         otherwise they are diffused and returned as they are (latent diffusion)."""
         super().__init__()
         self.shape, self.pixels = tuple(shape), pixels
-        self.x0_range = 1.0  # clip_x0 clamps x0 to [-x0_range, x0_range]: the data's range (latents: their own)
         self.loss_type, self.objective, self.clip_x0 = loss, objective, clip_x0
         self.num_classes, self.label_dropout, self.guidance = num_classes, label_dropout, guidance
         self.net = UNet(shape[0], dim=dim, dim_mults=tuple(dim_mults), num_res_blocks=num_res_blocks,
                         attn_levels=attn_levels, dropout=dropout, num_classes=num_classes)
         self.diffusion = GaussianDiffusion(SCHEDULES[schedule](time_steps))
+        # clip_x0 clamps x0 to [-x0_range, x0_range]: [-1, 1] for images; latents have their own range,
+        # measured on the training set and kept in the checkpoints
+        if pixels:
+            self.x0_range = 1.0
+        else:
+            self.register_buffer("x0_range", torch.ones((), dtype=torch.float64))
 
     def loss(self, batch):
         x, y = batch[0], batch[1]
@@ -261,7 +266,7 @@ class DDPM(GenerativeModel):
         if self.num_classes and n:
             w = self.guidance if guidance is None else guidance
             net = guided(self.net, self.class_labels(n, classes), w, self.num_classes)
-        return VPDenoiser(net, self.diffusion.alpha_bar, self.objective, self.clip_x0 and self.x0_range)
+        return VPDenoiser(net, self.diffusion.alpha_bar, self.objective, self.clip_x0 and float(self.x0_range))
 
     @torch.no_grad()
     def sample(self, n, generator=None, sampler: str = "ancestral", steps: int | None = None, eta: float | None = None,

@@ -14,10 +14,10 @@ Two stages, trained into one run directory by `genlab train ldm`:
   kept, so a fresh posterior sample or the mean is used each time), scaled by 1 / std(z) measured on the
   training set (stored in the model as `scale`), then trained with the same schedules, losses, EMA,
   class conditioning and samplers as the pixel model. Samples are decoded at the end. Where the pixel
-  model clamps its prediction of x0 to [-1, 1] (Algorithm 2), the latent one clamps it to the range of the
-  scaled training latents (`x0_range`): without it the first steps from sigma_T (2e4 for the cosine
-  schedule at T = 1000) throw the ancestral and DDIM samplers off the latent manifold, and the decoder
-  draws blobs.
+  model clamps its prediction of x0 to [-1, 1] (Algorithm 2), the latent one clamps it to the range of
+  the scaled training latents (the latent DDPM's `x0_range`): without it the first steps from sigma_T
+  (2e4 for the cosine schedule at T = 1000) throw the ancestral and DDIM samplers off the latent
+  manifold, and the decoder draws blobs.
 
 The latent maps may have odd sizes (28x28 MNIST with f = 4 gives 7x7): the U-Net resizes to the size of
 each skip connection, so nothing is padded.
@@ -142,6 +142,11 @@ class PatchDiscriminator(nn.Module):
         return self.net(x)
 
 
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of images in [0, 1] from their mean squared errors."""
+    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
 def level_sizes(H: int, W: int, factor: int) -> list[tuple[int, int]]:
     """(H, W) at each level of an encoder that halves log2(factor) times, rounding up."""
     sizes = [(H, W)]
@@ -241,7 +246,7 @@ class AutoencoderKL(GenerativeModel):
         rec, kl = self.reconstruction_error(x * 2 - 1, x_hat), q.kl()
         mse = (((x_hat + 1) / 2).clamp(0, 1) - x).pow(2).flatten(1).mean(1)
         return {"loss": (rec + self.kl_weight * kl).mean(), "rec": rec.mean(), "kl": kl.mean(), "mse": mse.mean(),
-                "psnr": (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()}
+                "psnr": psnr(mse).mean()}
 
     @torch.no_grad()
     def preview(self, n, generator, data, **_):
@@ -268,8 +273,6 @@ class LDM(GenerativeModel):
         self.autoencoder, self.latent, self.latents = autoencoder, latent, latents
         self.shape = autoencoder.shape
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))  # 1 / std of the training latents
-        # the range of the scaled training latents, to which clip_x0 clamps the predicted x0
-        self.register_buffer("x0_range", torch.ones((), dtype=torch.float64))
 
     @property
     def num_classes(self) -> int:
@@ -311,7 +314,6 @@ class LDM(GenerativeModel):
         """n images: a sampler of the latent DDPM (any of `samplers`, with its options), then the decoder.
 
         With `keep`, also {t: decoded x_t} for those time steps, as DDPM.sample."""
-        self.latent.x0_range = float(self.x0_range)
         out = self.latent.sample(n, generator, keep=keep, **kwargs)
         if keep:
             z, kept = out
@@ -400,7 +402,8 @@ def stage_one_config(cfg: RunConfig) -> RunConfig:
     or gradient clipping (its loss is summed over pixels, so its gradient norms are in the hundreds)."""
     m = cfg.model
     train = dataclasses.replace(cfg.train, steps=m.ae_steps, epochs=0, batch_size=m.ae_batch_size, lr=m.ae_lr,
-                                ema_decay=0.0, grad_clip=0.0, fid_every=0, eval_every=0, warmup_steps=0, lr_schedule="constant")
+                                ema_decay=0.0, grad_clip=0.0, fid_every=0, eval_every=0, warmup_steps=0,
+                                lr_schedule="constant")
     return RunConfig(cfg.family, cfg.data, train, cfg.model)
 
 
@@ -425,7 +428,7 @@ def first_stage(model: LDM, data: Dataset, cfg: RunConfig, run_dir: Path, device
     t0 = time.perf_counter()
     latent = encode_dataset(ae, data, device)
     model.scale.fill_(latent_scale(latent.train, cfg.model.latents))
-    model.x0_range.fill_(latent_range(latent.train) * model.scale)
+    model.latent.x0_range.fill_(latent_range(latent.train) * model.scale)
     phase_log(f"stage 2: {len(data.train)} + {len(data.test)} images encoded to latents of "
               f"{'x'.join(map(str, ae.latent_shape))}, scale {float(model.scale):.4g}", t0)
     torch.manual_seed(cfg.train.seed + 10)  # stage 2 starts from the same state however stage 1 went
@@ -532,7 +535,7 @@ def latent_range(moments: torch.Tensor) -> float:
 def final_metrics(model: LDM, data, cfg: Config, generator) -> dict[str, float]:
     """The autoencoder's test metrics (stage 1) and the latent scale, in the run's final test record."""
     return {**getattr(model, "autoencoder_metrics", {}), "latent_scale": float(model.scale),
-            "latent_range": float(model.x0_range)}
+            "latent_range": float(model.latent.x0_range)}
 
 
 # ---------------------------------------------------------------------------
@@ -552,8 +555,8 @@ def figures(model: LDM, data, out_dir, cfg: Config, generator: torch.Generator, 
     x = images.floats("test")[:k].to(device)
     paths = [f"{out_dir}/autoencoder.png", f"{out_dir}/latents.png", f"{out_dir}/forward.png", f"{out_dir}/strip.png"]
     recon = model.autoencoder.reconstruct(x)
-    psnr = 10 * torch.log10(1 / (recon - x).pow(2).flatten(1).mean(1).clamp_min(1e-10))
-    image_table(paths[0], [x, recon], [f"{p:.1f} dB" for p in psnr.tolist()], row_titles=["test image", "decoded"],
+    db = psnr((recon - x).pow(2).flatten(1).mean(1))
+    image_table(paths[0], [x, recon], [f"{p:.1f} dB" for p in db.tolist()], row_titles=["test image", "decoded"],
                 title=f"autoencoder: f = {cfg.factor}, latents {'x'.join(map(str, model.autoencoder.latent_shape))}")
     # the latent channels, scaled to unit variance: shown on [-3, 3]
     z = model.autoencoder.encode(x).mean * model.scale.float()
@@ -573,7 +576,8 @@ def figures(model: LDM, data, out_dir, cfg: Config, generator: torch.Generator, 
             eps = torch.randn(z.shape, generator=generator, device=device)
             cols.append(model.decode(model.latent.diffusion.q_sample(z, tt, eps)))
     image_table(paths[2], [torch.stack([col[i] for col in cols]) for i in range(k)],
-                [f"{int(f * 100)}%: t={t}" for f, t in zip(fracs, ts)], title="forward process in latent space, decoded")
+                [f"{int(f * 100)}%: t={t}" for f, t in zip(fracs, ts)],
+                title="forward process in latent space, decoded")
     steps = ddpm.strip_steps(cfg)
     n = 2 if quick else 4
     _, kept = model.sample(n, generator=generator, keep=steps)

@@ -110,7 +110,8 @@ def test_train_sample_eval_resume_end_to_end(ldm_run, tmp_path):
     assert (run / "autoencoder" / "done.json").is_file() and (run / "autoencoder" / "checkpoints").is_dir()
     for name in ("autoencoder", "latents", "forward", "strip", "autoencoder_loss"):
         assert (run / "figures" / f"{name}.png").is_file(), name
-    assert model.latent.shape == (3, 4, 4) and float(model.scale) > 0 and float(model.x0_range) > 0
+    assert model.latent.shape == (3, 4, 4) and float(model.scale) > 0 and float(model.latent.x0_range) > 0
+    assert model.latent.denoiser().clip == pytest.approx(float(model.latent.x0_range))  # what sampling clamps to
     final = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "test"][-1]
     assert {"ae_psnr", "ae_mse", "latent_scale"} <= set(final)
     x = runs.sample(run, 6, sampler="ddim", steps=3)
