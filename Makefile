@@ -16,8 +16,9 @@ demo: $(STAMP)
 	$(VENV)/bin/genlab train ddpm --dataset digits --image-size 16 --dim-mults 1,2,4 --num-res-blocks 1 --steps 600 \
 		--lr 2e-3 --warmup-steps 50 --sample-every 300
 
+# one worker process per core (pytest-xdist), a module's tests in one worker so its fixtures are built once
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadscope
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""

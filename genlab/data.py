@@ -224,14 +224,30 @@ def load_idx_set(name: str, data_dir, allow_download) -> Dataset:
 
 def load_digits() -> Dataset:
     """scikit-learn's 1,797 8x8 digits (16 grey levels), a fixed 1,497/300 split."""
-    from sklearn.datasets import load_digits as sk_digits
-
-    d = sk_digits()
-    images = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
+    pixels, target = _sklearn_digits()
+    images = np.round(pixels.reshape(-1, 1, 8, 8) * (255 / 16)).astype(np.uint8)  # (N, 1, 8, 8)
     order = np.random.RandomState(0).permutation(len(images))
     tr, te = order[:-300], order[-300:]
     return Dataset("digits", "image", torch.from_numpy(images[tr]), torch.from_numpy(images[te]),
-                   torch.from_numpy(d.target[tr]), torch.from_numpy(d.target[te]), [str(i) for i in range(10)])
+                   torch.from_numpy(target[tr]), torch.from_numpy(target[te]), [str(i) for i in range(10)])
+
+
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The digits' (1797, 64) pixels and labels, read from the file scikit-learn ships without importing
+    scikit-learn (3 s of a short run's start); through `sklearn.datasets.load_digits` if the file moved."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is not None and path.is_file():
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",")
+        if table.shape == (1797, 65):
+            return table[:, :64], table[:, 64].astype(np.int64)
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    return d.data, d.target.astype(np.int64)
 
 
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"

@@ -100,27 +100,43 @@ def save_sample_file(path: str | Path, samples: torch.Tensor) -> None:
         save_grid(path, samples)
 
 
-def image_table(path: str | Path, rows: list[torch.Tensor], col_titles: list[str], row_titles: list[str] | None = None,
+def image_table(path: str | Path, rows: list, col_titles: list[str], row_titles: list[str] | None = None,
                 title: str = "") -> None:
-    """A figure whose cells are single images: rows[i] is (n_cols, C, H, W) in [0, 1]."""
+    """A figure whose cells are single images: rows[i] is (n_cols, C, H, W) in [0, 1] (or a list of (C, H, W)).
+
+    The cells are tiled into one picture drawn by a single imshow, each scaled (nearest) to the largest cell's
+    size, with a thin frame and the titles as text: a tenth of the time of one axes per cell.
+    """
     import matplotlib.pyplot as plt
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
 
     nr, nc = len(rows), len(col_titles)
-    fig, axes = plt.subplots(nr, nc, figsize=(1.3 * nc + 0.4, 1.3 * nr + 0.5), squeeze=False,
-                             layout="constrained")
-    for i, row in enumerate(rows):
-        for j in range(nc):
-            ax = axes[i][j]
-            img = row[j].detach().float().cpu().clamp(0, 1)
-            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(col_titles[j], fontsize=9)
-            if j == 0 and row_titles:
-                ax.set_ylabel(row_titles[i], fontsize=9)
+    cells = [[row[j].detach().float().cpu().clamp(0, 1) for j in range(nc)] for row in rows]
+    h = max(cell.shape[1] for row in cells for cell in row)
+    w = max(cell.shape[2] for row in cells for cell in row)
+    gap = max(1, round(0.1 * max(h, w)))
+    canvas = torch.ones(3, nr * (h + gap) - gap, nc * (w + gap) - gap)
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            if cell.shape[1:] != (h, w):
+                cell = torch.nn.functional.interpolate(cell[None], size=(h, w), mode="nearest")[0]
+            canvas[:, i * (h + gap): i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = cell
+    fig = plt.figure(figsize=(1.3 * nc + 0.4, 1.3 * nr + 0.5))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_axis_off()
+    ax.add_collection(PatchCollection([Rectangle((j * (w + gap) - 0.5, i * (h + gap) - 0.5), w, h)
+                                       for i in range(nr) for j in range(nc)],
+                                      facecolor="none", edgecolor="black", linewidth=0.6, clip_on=False))
+    for j, text in enumerate(col_titles):
+        if text:
+            ax.text(j * (w + gap) + w / 2 - 0.5, -gap / 2 - 0.5, text, ha="center", va="bottom", fontsize=9)
+    for i, text in enumerate(row_titles or []):
+        ax.text(-gap / 2 - 0.5, i * (h + gap) + h / 2 - 0.5, text, ha="right", va="center", fontsize=9,
+                rotation=90)
     if title:
-        fig.suptitle(title, fontsize=10)
+        ax.set_title(title, fontsize=10, pad=18 if any(col_titles) else 6)
     _savefig(fig, path)
 
 

@@ -8,6 +8,8 @@ os.environ.setdefault("GENLAB_OFFLINE", "1")  # tests never touch the network
 # one cache for the whole session (domain classifiers, reference features), never the user's
 os.environ["GENLAB_CACHE"] = tempfile.mkdtemp(prefix="genlab-test-cache-")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of `make test`'s worker processes: one thread each, the cores shared
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SHARED = Path(os.environ.get("GENLAB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

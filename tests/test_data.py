@@ -21,6 +21,16 @@ def test_digits_resized_with_fixed_split():
     assert load_dataset("digits").train.shape[-1] == 32  # the family default size when the data has none
 
 
+def test_digits_file_read_directly_is_what_scikit_learn_loads():
+    from sklearn.datasets import load_digits
+
+    from genlab.data import _sklearn_digits
+
+    pixels, target = _sklearn_digits()
+    d = load_digits()
+    assert np.array_equal(pixels, d.data) and np.array_equal(target, d.target)
+
+
 def test_mnist_from_shared_idx_files():
     d = load_dataset("mnist", data_dir=str(shared_data("mnist")))
     assert d.train.shape == (60000, 1, 28, 28) and d.test.shape == (10000, 1, 28, 28)
