@@ -26,7 +26,7 @@ from genlab.evaluation import Features, reference_features
 from genlab.runs import prepare_data
 from genlab.trainer import read_metrics
 from sampler_table import measure
-from tables import emit
+from tables import emit, train_seconds
 
 # the U-Net and diffusion of the README's MNIST DDPM, for pixels and for latents alike
 DIFFUSION = ["model.time_steps=1000", "model.dim=16", "model.dim_mults=[1,2,2]", "model.num_res_blocks=1",
@@ -40,13 +40,6 @@ AUTOENCODER = ["model.ae_steps={ae_steps}", "model.ae_batch_size=64"]
 def rate(path: Path) -> float:
     """Training img/s of a run's last logged interval."""
     return [r for r in read_metrics(path) if r["split"] == "train"][-1]["img_per_s"]
-
-
-def train_seconds(run: Path) -> float:
-    """Training time of a run, stage 1 included (without sampling, evaluation and checkpoints)."""
-    total = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"][-1]["elapsed"]
-    done = run / "autoencoder" / "done.json"
-    return total + (json.loads(done.read_text())["elapsed"] if done.is_file() else 0.0)
 
 
 def main():

@@ -48,6 +48,8 @@ def train_parser(model: str | None) -> Parser:
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint")
     p.add_argument("--out", metavar="RUN", help="the new run directory (default: runs/MODEL-DATA-TIME)")
     p.add_argument("--config", metavar="FILE.yaml", help="a config file (as a run's config.yaml)")
+    p.add_argument("--preset", metavar="NAME", help="start from a named recipe of the model (genlab models MODEL "
+                                                    "lists them); other options override it")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="set any option, e.g. --set model.dim=32 --set train.lr=2e-4 (repeatable)")
     fam = family(model) if model else None
@@ -94,12 +96,13 @@ def cmd_train(argv: list[str]) -> int:
     if not resume and not name and not args.get("config"):
         raise GenlabError("name a model to train (genlab train MODEL), or --resume RUN; see genlab models")
     if resume:
-        for k in ("out", "config"):
+        for k in ("out", "config", "preset"):
             if args.pop(k):
                 raise GenlabError(f"--{k} cannot be used with --resume")
         train(resume=resume, sets=args.pop("sets"), **args)
     else:
-        train(name, out=args.pop("out"), config=args.pop("config"), sets=args.pop("sets"), **args)
+        train(name, out=args.pop("out"), config=args.pop("config"), preset=args.pop("preset"), sets=args.pop("sets"),
+              **args)
     return 0
 
 
@@ -168,6 +171,7 @@ def cmd_datasets(a) -> int:
 
 
 def cmd_models(a) -> int:
+    from genlab import presets
     from genlab.family import FAMILIES, family
 
     names = [a.model] if a.model else list(FAMILIES)
@@ -179,6 +183,11 @@ def cmd_models(a) -> int:
             print("  training defaults: " + ", ".join(f"{_flag(k)} {_shown(v)}" for k, v in fam.TRAIN_DEFAULTS.items()))
             for line in kind_defaults(fam):
                 print(f"  {line}")
+            recipes = presets.available(name)
+            if recipes:
+                print(f"  presets (genlab train {name} --preset NAME; genlab/presets/{name}/NAME.yaml):")
+                for pname, about in recipes.items():
+                    print(f"    {pname:<10} {about}")
             if getattr(fam, "SAMPLERS", ()):
                 from genlab.sampling import SAMPLERS
 

@@ -32,8 +32,10 @@ RESUMABLE = {"steps", "epochs", "device", "num_workers", "progress", "log_every"
 
 
 def make_config(model: str | None = None, config: str | Path | None = None, sets: list[str] = (),
-                **options) -> RunConfig:
-    """Defaults < family defaults < YAML file < keyword options < `sets` ('section.key=value')."""
+                preset: str | None = None, **options) -> RunConfig:
+    """Defaults < family defaults < preset < YAML file < keyword options < `sets` ('section.key=value')."""
+    from genlab import presets
+
     file_values = read_yaml(config) if config else {}
     name = model or file_values.get("family")
     if not name:
@@ -42,19 +44,29 @@ def make_config(model: str | None = None, config: str | Path | None = None, sets
     unknown = set(file_values) - {"family", *SECTIONS}
     if unknown:
         raise GenlabError(f"config file {config}: unknown section(s) {', '.join(sorted(unknown))}")
+    recipe = presets.values(name, preset) if preset else {}
+    unknown = set(recipe) - {"family", *SECTIONS}
+    if unknown:
+        raise GenlabError(f"preset {name}/{preset}: unknown section(s) {', '.join(sorted(unknown))}")
     data = build(DataConfig, fam.DATA_DEFAULTS, "data.")
     mcfg = fam.Config()
     sections = {"data": DataConfig, "train": TrainConfig, "model": fam.Config}
-    explicit: dict[str, dict] = {s: dict(file_values.get(s) or {}) for s in SECTIONS}
+    given: dict[str, dict] = {s: {} for s in SECTIONS}
     for key, value in options.items():
         if value is None:
             continue
         owners = [s for s, cls in sections.items() if any(f == key for f in cls.__dataclass_fields__)]
         if not owners:
             raise GenlabError(f"unknown option '{key}'")
-        explicit[owners[0]][key] = value
-    for s, vals in parse_sets(list(sets), sections).items():
-        explicit[s].update(vals)
+        given[owners[0]][key] = value
+    explicit: dict[str, dict] = {s: {} for s in SECTIONS}
+    for layer in (recipe, file_values, given, parse_sets(list(sets), sections)):
+        for s in SECTIONS:
+            vals = layer.get(s) or {}
+            if s == "train" and ("steps" in vals) != ("epochs" in vals):
+                # a length given one way replaces one given the other way by a lower layer
+                explicit[s].pop("epochs" if "steps" in vals else "steps", None)
+            explicit[s].update(vals)
     update(data, explicit["data"], "data.")
     # families that take both images and 2-D points have defaults for each kind
     kind = kind_of(data.dataset)
@@ -125,15 +137,18 @@ def write_config(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def train(model: str | None = None, *, out: str | Path | None = None, resume: str | Path | None = None,
-          config: str | Path | None = None, sets: list[str] = (), **options):
+          config: str | Path | None = None, preset: str | None = None, sets: list[str] = (), **options):
     """Train a model into a new run directory (or continue `resume`) and return it loaded.
 
-    `options` are any field of the data, train or model config: genlab.train("ddpm", dataset="mnist", steps=500).
+    `options` are any field of the data, train or model config: genlab.train("ddpm", dataset="mnist", steps=500);
+    `preset` a named recipe of the family (genlab.train("ddpm", preset="mnist")) that they override.
     """
     from genlab.device import backend_kind, configure, resolve_device
     from genlab.trainer import Trainer, drop_metrics
 
     if resume is not None:
+        if preset or config:
+            raise GenlabError("a resumed run keeps its own config.yaml: --preset and --config start new runs")
         run_dir = Path(resume)
         cfg = read_run_config(run_dir)
         extra = {k: v for k, v in options.items() if v is not None}
@@ -150,7 +165,7 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
             print(f"{run_dir} has no intact checkpoint yet: training it from step 0 with its config.yaml",
                   file=sys.stderr, flush=True)
     else:
-        cfg = make_config(model, config, sets, **options)
+        cfg = make_config(model, config, sets, preset, **options)
         run_dir = Path(out) if out else None
         if run_dir is not None and run_dir.exists():
             raise GenlabError(f"{run_dir} already exists; a new run never overwrites one (use --resume to continue it)")

@@ -34,6 +34,49 @@ def test_make_config_precedence(tmp_path):
     assert genlab.make_config("ddpm", epochs=2).train.steps == 0  # epochs replace the default steps
 
 
+def test_every_preset_is_a_valid_config_with_a_summary():
+    from genlab import presets
+    from genlab.family import FAMILIES
+
+    seen = 0
+    for fam in FAMILIES:
+        for name, about in presets.available(fam).items():
+            cfg = genlab.make_config(fam, preset=name)
+            assert cfg.family == fam and cfg.data.dataset == "mnist" and about, (fam, name)
+            seen += 1
+    assert set(presets.available("ddpm")) == {"mnist", "mnist-gpu"} and seen >= 10
+
+
+def test_a_preset_is_overridden_by_a_file_flags_and_sets_and_its_length_by_either_kind(tmp_path):
+    cfg = genlab.make_config("vae", preset="mnist")
+    assert (cfg.model.arch, cfg.model.latent_dim, cfg.data.binarize, cfg.train.epochs) == ("mlp", 32, True, 100)
+    f = tmp_path / "c.yaml"
+    f.write_text("model: {latent_dim: 8}\n")
+    cfg = genlab.make_config("vae", preset="mnist", config=f, dataset="digits", sets=["model.beta_warmup=7"])
+    assert (cfg.model.latent_dim, cfg.data.dataset, cfg.model.beta_warmup, cfg.model.arch) == (8, "digits", 7, "mlp")
+    assert genlab.make_config("vae", preset="mnist", steps=3).train.steps == 3  # preset epochs, flag steps
+    by_epochs = genlab.make_config("ddpm", preset="mnist", epochs=2).train  # preset steps, flag epochs
+    assert (by_epochs.steps, by_epochs.epochs) == (0, 2)
+    with pytest.raises(GenlabError, match="no preset 'cifar'.*mnist"):
+        genlab.make_config("ddpm", preset="cifar")
+
+
+def test_train_with_a_preset_from_the_command_line(tmp_path, capsys):
+    from genlab.cli import main
+
+    run = tmp_path / "vae"
+    assert main(["train", "vae", "--preset", "mnist", "--dataset", "digits", "--steps", "2",
+                 "--iw-samples", "4", "--final-eval-n", "8", "--progress", "false", "--out", str(run)]) == 0
+    saved = genlab.load(run).config
+    assert (saved.model.arch, saved.model.latent_dim, saved.train.steps) == ("mlp", 32, 2)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--preset", "mnist"]) == 2
+    assert main(["train", "made", "--preset", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "no preset 'nope'" in err
+    assert main(["models", "gan"]) == 0 and "mnist-dcgan" in capsys.readouterr().out
+
+
 def test_make_config_rejects_mismatched_data():
     with pytest.raises(GenlabError, match="points data"):
         genlab.make_config("ddpm", dataset="moons")

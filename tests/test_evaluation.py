@@ -85,3 +85,33 @@ def test_fid_every_during_training(cache, tmp_path):
     steps = [r["step"] for r in rec if "domain_fd" in r]
     assert steps == [2, 4]
     assert (run / "figures" / "fid.png").is_file()
+
+
+def test_the_mnist_table_code_on_tiny_digits_runs(cache, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "mnist_table.py"
+    args = [sys.executable, str(script), "--dataset", "digits", "--image-size", "8", "--steps", "2", "--n", "100",
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path)]
+    first = subprocess.run(args + ["--rows", "made,inpaint-gan"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run(args + ["--rows", "made"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    table = json.loads((tmp_path / "table.json").read_text())
+    rows = {r["family"]: r for r in table["rows"]}
+    assert [r["family"] for r in table["rows"]] == ["made", "inpaint-gan"]  # pieces kept, in table order
+    assert rows["made"]["run_wall_s"] == 0 and rows["inpaint-gan"]["run_wall_s"] > 0  # a finished run is not retrained
+    floor = table["floors"]["8"]
+    assert 0 < floor["test"]["fd"] < floor["test_binarised"]["fd"]  # grey test images are nearer the grey train split
+    made = rows["made"]
+    assert made["binarised"] and made["nll_unit"] == "nats" and made["nll_n"] == 300 and made["steps"] == 2
+    binary = floor["test_binarised"]["fd"]
+    assert made["fd"] > binary and made["fd_over_floor"] == round(made["fd"] / binary, 2)  # read against its floor
+    assert len(made["class_shares"]) == 10 and abs(sum(made["class_shares"]) - 1) < 1e-6
+    assert made["command"] == "genlab train made --preset mnist --dataset digits --steps 2 --image-size 8"
+    hole = rows["inpaint-gan"]
+    assert hole["outside_changed"] == 0 and hole["hole_mse"] > 0 and "fd" not in hole
+    md = (tmp_path / "table.md").read_text()
+    assert md.count("\n") == 2 + 2 + 2 and "`made --preset mnist`" in md and "box MSE" in md
