@@ -7,8 +7,10 @@ measured again without retraining, an unfinished one resumed), then measure
 - n samples against the training split with the domain features (the offline MNIST classifier behind
   `genlab eval --features domain`): Frechet distance, KID, precision, recall, and the share of each class
   as the classifier labels them (the largest deviation from the training set's shares is the class gap);
-- cyclegan (MNIST to its inversion) the mean absolute error of G(x) to 1 - x on the test set, and
-  inpaint-gan the mean squared error inside a centred box of the test images, against the training mean;
+- cyclegan (MNIST to its inversion) the mean absolute error of G(x) to 1 - x on the test set,
+  inpaint-gan the mean squared error inside a centred box of the test images, against the training mean,
+  and the ncsn of seed 002's CS446 points the share of n samples within 5% of the text's height of the
+  strokes and the largest gap between a character's share of them and its share of the ink;
 - the training time (stage 1 included) and the device.
 The floor rows are the test set measured like the samples (and binarised, for the binarised families),
 so a distance reads as a multiple of what separates real test images from the training set.
@@ -46,12 +48,14 @@ class Row:
     family: str
     preset: str = "mnist"
     sampler: str | None = None  # SAMPLER:STEPS for the sample metrics; None: the family's own sampling
-    nll_n: int | None = None  # test examples for the likelihood (0: all); None: no likelihood
+    nll_n: int | str | None = None  # test examples for the likelihood (0: all; "run": the run's own); None: none
 
 
-ROWS = [Row("ddpm", sampler="dpmpp_2m:20", nll_n=200), Row("ldm", sampler="dpmpp_2m:20"),
+# the ddpm bound costs T = 1000 network passes per test example (about 9 minutes per 100 on two cores): the
+# number of its own end of run (--final-eval-n in the preset), not computed again
+ROWS = [Row("ddpm", sampler="dpmpp_2m:20", nll_n="run"), Row("ldm", sampler="dpmpp_2m:20"),
         Row("ncsn", sampler="dpmpp_2m:20"), Row("vae", nll_n=0), Row("made", nll_n=0), Row("flow", nll_n=0),
-        Row("gan"), Row("gan", "mnist-dcgan"), Row("cyclegan"), Row("inpaint-gan")]
+        Row("gan"), Row("gan", "mnist-dcgan"), Row("cyclegan"), Row("inpaint-gan"), Row("ncsn", "cs446")]
 OWN_MEASURE = {"cyclegan", "inpaint-gan"}  # they translate or complete images rather than sample them
 
 
@@ -91,10 +95,15 @@ def sample_measures(x: torch.Tensor, features: Features, real: np.ndarray, want:
 
 
 def likelihood(run: Path, model, n: int) -> dict:
-    """The run's own final test record when it measured the same examples, else `genlab eval --metrics nll`."""
+    """The run's own final test record when it measured the same examples (or n is "run"), else
+    `genlab eval --metrics nll` on n test examples."""
     final = [r for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "test" and "nll_nats" in r]
-    wanted = n or len(prepare_data(model.config).test)
-    if final and final[-1].get("nll_n") == wanted and not final[-1].get("quick_end"):
+    if n == "run":
+        if not final:
+            return {}
+        rec = final[-1]
+    elif final and final[-1].get("nll_n") == (n or len(prepare_data(model.config).test)) \
+            and not final[-1].get("quick_end"):
         rec = final[-1]
     else:
         rec = genlab.evaluate(run, metrics=("nll",), n=n, device=str(model.device), log=False)
@@ -119,6 +128,18 @@ def own_measure(family: str, model, data) -> dict:
     return {"hole_mse": round(float(((done - x) * m).pow(2).sum() / inside), 4),
             "hole_mse_train_mean": round(float(((mean - x) * m).pow(2).sum() / inside), 4),
             "outside_changed": int(((done - x) * (1 - m)).abs().gt(0).sum())}
+
+
+def text_measure(model, data, n: int) -> dict:
+    """n samples of a text:STRING model: the share within 5% of the text's height of a training point (the
+    strokes), and the largest gap between a character's share of those samples and its share of the ink."""
+    from genlab.score import mode_coverage
+
+    height = float(data.train[:, 1].max() - data.train[:, 1].min())
+    x = genlab.sample(model, n, seed=0).float().cpu()
+    cover = mode_coverage(x, data, radius=0.05 * height)
+    return {"near_5pct": round(cover["near"], 4), "char_share_gap": round(cover.get("share_error", 1.0), 4),
+            "sampler": "langevin"}
 
 
 def command(row: Row, data_dir: str | None, overrides: dict) -> str:
@@ -182,15 +203,19 @@ def main():
     judges: dict[tuple, Judge] = {}
     for row in parse_rows(a.rows, a.gpu):
         run = root / f"{row.family}-{row.preset}"
-        wall = train_or_reuse(row, run, a.data_dir, a.device, overrides)
+        on_mnist = presets.values(row.family, row.preset).get("data", {}).get("dataset") == "mnist"
+        own = {k: v for k, v in overrides.items() if on_mnist or k == "steps"}  # the quick check's data replace MNIST
+        wall = train_or_reuse(row, run, a.data_dir, a.device, own)
         model = genlab.load(run, device=str(device))
         data = prepare_data(model.config)
-        result = {"family": row.family, "preset": row.preset, "command": command(row, a.data_dir, overrides),
+        result = {"family": row.family, "preset": row.preset, "command": command(row, a.data_dir, own),
                   "device": machine(device), "train_s": round(train_seconds(run), 1), "run_wall_s": round(wall, 1),
                   "steps": model.step, "binarised": bool(model.config.data.binarize)}
         if row.nll_n is not None:
             result.update(likelihood(run, model, row.nll_n))
-        if row.family in OWN_MEASURE:
+        if data.kind == "points":
+            result.update(text_measure(model, data, a.n))
+        elif row.family in OWN_MEASURE:
             result.update(own_measure(row.family, model, data))
         else:
             if data.shape not in judges:  # features, reference and floors of this image size, once
@@ -241,7 +266,9 @@ def markdown(results: list[dict], floors: dict, n: int) -> tuple[list[str], list
         like = f"{r['nll']} {r['nll_unit']}" + ("" if r["nll_n"] == 10000 else f" ({r['nll_n']} images)") \
             if "nll" in r else ""
         other = (f"G(x) vs 1 - x: MAE {r['translation_mae']} (identity {r['identity_mae']})" if "translation_mae" in r
-                 else f"box MSE {r['hole_mse']} (training mean {r['hole_mse_train_mean']})" if "hole_mse" in r else "")
+                 else f"box MSE {r['hole_mse']} (training mean {r['hole_mse_train_mean']})" if "hole_mse" in r
+                 else f"{100 * r['near_5pct']:.1f}% on the strokes, character shares within "
+                      f"{100 * r['char_share_gap']:.1f} points" if "near_5pct" in r else "")
         rows.append([f"`{r['family']} --preset {r['preset']}`", like, r.get("fd", ""), r.get("fd_over_floor", ""),
                      r.get("kid", ""), r.get("precision", ""), r.get("recall", ""), r.get("class_gap", ""), other,
                      f"{r['train_s'] / 60:.1f} min, {r['steps']} steps", r.get("sampler", "")])

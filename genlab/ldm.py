@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from genlab import checkpoint, ddpm, parallel
 from genlab.config import RunConfig, opt
-from genlab.data import Dataset, batches
+from genlab.data import Dataset
 from genlab.ddpm import DDPM
 from genlab.errors import GenlabError
 from genlab.family import GenerativeModel
@@ -426,11 +426,15 @@ def first_stage(model: LDM, data: Dataset, cfg: RunConfig, run_dir: Path, device
         autoencoder_metrics(Path(cfg.model.autoencoder)) if cfg.model.autoencoder else {})
     ae.requires_grad_(False).eval()
     t0 = time.perf_counter()
-    latent = encode_dataset(ae, data, device)
+    reach = short_run_reach(cfg, data)
+    latent = encode_dataset(ae, data, device, reach=reach)
     model.scale.fill_(latent_scale(latent.train, cfg.model.latents))
     model.latent.x0_range.fill_(latent_range(latent.train) * model.scale)
-    phase_log(f"stage 2: {len(data.train)} + {len(data.test)} images encoded to latents of "
-              f"{'x'.join(map(str, ae.latent_shape))}, scale {float(model.scale):.4g}", t0)
+    what = (f"{len(data.train)} + {len(data.test)} images" if reach is None else
+            f"a short run's {len(latent.train)} of {len(data.train)} training and {len(latent.test)} of "
+            f"{len(data.test)} test images (--final-eval full: all)")
+    phase_log(f"stage 2: {what} encoded to latents of {'x'.join(map(str, ae.latent_shape))}, "
+              f"scale {float(model.scale):.4g}", t0)
     torch.manual_seed(cfg.train.seed + 10)  # stage 2 starts from the same state however stage 1 went
     return latent
 
@@ -505,17 +509,47 @@ def load_autoencoder(ae: AutoencoderKL, run: Path) -> None:
 
 
 @torch.no_grad()
-def encode_dataset(ae: AutoencoderKL, data: Dataset, device, batch_size: int = 500) -> Dataset:
-    """Both splits as the posterior's moments (mean and log-variance, 2c channels), once."""
+def short_run_reach(cfg: RunConfig, data: Dataset, least: int = 2048) -> tuple[torch.Tensor, int] | None:
+    """What a short run's stage 2 can reach: (training indices, number of test examples), or None for all.
 
-    def moments(split):
+    A run of fewer than SHORT_RUN_STEPS steps (given as steps, with final_eval auto) draws at most
+    steps x batch_size training images and evaluates final_eval_size() test examples, the first ones; only
+    those need encoding: a random subset of the training split (at least `least` images, enough for the
+    latent scale) and the first test examples. A 3-step MNIST run encodes 2,064 images instead of 70,000.
+    """
+    from genlab.trainer import EXAMPLES_PER_STEP, SHORT_RUN_EXAMPLES, SHORT_RUN_STEPS
+
+    t = cfg.train
+    if t.final_eval != "auto" or not t.steps or t.steps >= SHORT_RUN_STEPS:
+        return None
+    n_train = max(least, t.steps * t.batch_size * t.grad_accum)
+    n_test = min(t.final_eval_n or len(data.test), max(SHORT_RUN_EXAMPLES, EXAMPLES_PER_STEP * t.steps))
+    if n_train >= len(data.train) and n_test >= len(data.test):
+        return None
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(t.seed))
+    return order[:n_train].sort().values, min(n_test, len(data.test))
+
+
+@torch.no_grad()
+def encode_dataset(ae: AutoencoderKL, data: Dataset, device, batch_size: int = 500,
+                   reach: tuple[torch.Tensor, int] | None = None) -> Dataset:
+    """Both splits as the posterior's moments (mean and log-variance, 2c channels), once; only the training
+    images `reach[0]` and the first `reach[1]` test images when given (see short_run_reach)."""
+
+    def moments(images):
         out = []
-        for x, *_ in batches(data, split, batch_size):
-            q = ae.encode(x.to(device))
+        for x in images.split(batch_size):
+            q = ae.encode(x.float().div(255).to(device) if x.dtype == torch.uint8 else x.to(device))
             out.append(torch.cat([q.mean, q.logvar], 1).float().cpu())
         return torch.cat(out)
 
-    return Dataset(data.name, "latent", moments("train"), moments("test"), data.train_labels, data.test_labels,
+    if reach is None:
+        return Dataset(data.name, "latent", moments(data.train), moments(data.test), data.train_labels,
+                       data.test_labels, data.classes, images=data)
+    idx, n_test = reach
+    labels = (None if data.train_labels is None else data.train_labels[idx],
+              None if data.test_labels is None else data.test_labels[:n_test])
+    return Dataset(data.name, "latent", moments(data.train[idx]), moments(data.test[:n_test]), *labels,
                    data.classes, images=data)
 
 

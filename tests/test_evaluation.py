@@ -97,11 +97,13 @@ def test_the_mnist_table_code_on_tiny_digits_runs(cache, tmp_path):
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path)]
     first = subprocess.run(args + ["--rows", "made,inpaint-gan"], capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    again = subprocess.run(args + ["--rows", "made"], capture_output=True, text=True, timeout=600)
+    again = subprocess.run(args + ["--rows", "made,ncsn:cs446"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     table = json.loads((tmp_path / "table.json").read_text())
     rows = {r["family"]: r for r in table["rows"]}
-    assert [r["family"] for r in table["rows"]] == ["made", "inpaint-gan"]  # pieces kept, in table order
+    assert [r["family"] for r in table["rows"]] == ["made", "inpaint-gan", "ncsn"]  # pieces kept, in table order
+    text = rows["ncsn"]
+    assert text["preset"] == "cs446" and 0 <= text["near_5pct"] <= 1 and "--dataset" not in text["command"]
     assert rows["made"]["run_wall_s"] == 0 and rows["inpaint-gan"]["run_wall_s"] > 0  # a finished run is not retrained
     floor = table["floors"]["8"]
     assert 0 < floor["test"]["fd"] < floor["test_binarised"]["fd"]  # grey test images are nearer the grey train split
@@ -114,4 +116,4 @@ def test_the_mnist_table_code_on_tiny_digits_runs(cache, tmp_path):
     hole = rows["inpaint-gan"]
     assert hole["outside_changed"] == 0 and hole["hole_mse"] > 0 and "fd" not in hole
     md = (tmp_path / "table.md").read_text()
-    assert md.count("\n") == 2 + 2 + 2 and "`made --preset mnist`" in md and "box MSE" in md
+    assert md.count("\n") == 2 + 2 + 3 and "on the strokes" in md and "`made --preset mnist`" in md and "box MSE" in md

@@ -187,3 +187,22 @@ def test_the_predicted_x0_is_clamped_to_the_range_given():
 def test_latent_range_covers_the_posteriors():
     moments = torch.cat([torch.tensor([[[[0.5]]], [[[-2.0]]]]), torch.log(torch.tensor([[[[0.01]]], [[[0.04]]]]))], 1)
     assert math.isclose(ldm.latent_range(moments), 2.0 + 3 * 0.2, rel_tol=1e-6)
+
+
+def test_a_short_run_encodes_only_the_images_it_can_reach():
+    from genlab.ldm import AutoencoderKL, encode_dataset, short_run_reach
+    from genlab.runs import make_config, prepare_data
+
+    cfg = make_config("ldm", steps=3, batch_size=16, final_eval_n=20, dataset="digits", image_size=8)
+    data = prepare_data(cfg)
+    idx, n_test = short_run_reach(cfg, data, least=100)
+    assert len(idx) == 100 and n_test == 16 and torch.equal(idx, idx.sort().values) and len(idx.unique()) == 100
+    assert torch.equal(short_run_reach(cfg, data, least=100)[0], idx)  # the same subset on every resume
+    ae = AutoencoderKL((1, 8, 8), factor=2, z_channels=3, width=4).eval()
+    full = encode_dataset(ae, data, "cpu")
+    part = encode_dataset(ae, data, "cpu", reach=(idx, n_test))
+    assert torch.allclose(part.train, full.train[idx], atol=1e-6) and torch.allclose(part.test, full.test[:16], atol=1e-6)
+    assert torch.equal(part.train_labels, data.train_labels[idx]) and part.images is data
+    for other in (make_config("ldm", steps=100, dataset="digits"), make_config("ldm", steps=3, final_eval="full"),
+                  make_config("ldm", epochs=1, dataset="digits")):
+        assert short_run_reach(other, data) is None  # not short, asked in full, or a length in epochs
