@@ -191,7 +191,12 @@ def main():
     p.add_argument("--dataset", default="mnist", help="another data set for a quick check of the table code")
     p.add_argument("--steps", type=int, default=0, help="train every row for this many steps (0: the preset's)")
     p.add_argument("--image-size", type=int, default=0, help="train every row at this size (0: the preset's)")
+    p.add_argument("--markdown-only", action="store_true", help="only rewrite OUT/table.md from OUT/table.json")
     a = p.parse_args()
+    if a.markdown_only:
+        table = json.loads((Path(a.out or a.runs) / "table.json").read_text())
+        emit(*markdown(table["rows"], table["floors"], table["n"]), str(Path(a.out or a.runs) / "table.md"))
+        return
     device = resolve_device(a.device)
     root, out = Path(a.runs), Path(a.out or a.runs)
     root.mkdir(parents=True, exist_ok=True)
@@ -258,9 +263,13 @@ def order(result: dict) -> int:
 
 def markdown(results: list[dict], floors: dict, n: int) -> tuple[list[str], list[list]]:
     header = ["model", "likelihood", f"domain FD (n = {n})", "FD / floor", "KID", "precision", "recall",
-              "class gap", "other", "training", "sampler"]
+              "class gap", "class shares", "other", "training", "sampler"]
+
+    def shares(r):
+        return f"{100 * min(r['class_shares']):.1f}-{100 * max(r['class_shares']):.1f}%" if "class_shares" in r else ""
+
     rows = [[f"test images{' (binarised)' if k == 'test_binarised' else ''}, {size}x{size}", "", f["fd"], "1",
-             f["kid"], f["precision"], f["recall"], f["class_gap"], "", "", ""]
+             f["kid"], f["precision"], f["recall"], f["class_gap"], shares(f), "", "", ""]
             for size, by_kind in floors.items() for k, f in by_kind.items()]
     for r in results:
         like = f"{r['nll']} {r['nll_unit']}" + ("" if r["nll_n"] == 10000 else f" ({r['nll_n']} images)") \
@@ -270,7 +279,8 @@ def markdown(results: list[dict], floors: dict, n: int) -> tuple[list[str], list
                  else f"{100 * r['near_5pct']:.1f}% on the strokes, character shares within "
                       f"{100 * r['char_share_gap']:.1f} points" if "near_5pct" in r else "")
         rows.append([f"`{r['family']} --preset {r['preset']}`", like, r.get("fd", ""), r.get("fd_over_floor", ""),
-                     r.get("kid", ""), r.get("precision", ""), r.get("recall", ""), r.get("class_gap", ""), other,
+                     r.get("kid", ""), r.get("precision", ""), r.get("recall", ""), r.get("class_gap", ""), shares(r),
+                     other,
                      f"{r['train_s'] / 60:.1f} min, {r['steps']} steps", r.get("sampler", "")])
     return header, rows
 

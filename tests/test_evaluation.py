@@ -116,4 +116,7 @@ def test_the_mnist_table_code_on_tiny_digits_runs(cache, tmp_path):
     hole = rows["inpaint-gan"]
     assert hole["outside_changed"] == 0 and hole["hole_mse"] > 0 and "fd" not in hole
     md = (tmp_path / "table.md").read_text()
+    (tmp_path / "table.md").unlink()
+    redraw = subprocess.run(args + ["--markdown-only"], capture_output=True, text=True, timeout=600)
+    assert redraw.returncode == 0 and (tmp_path / "table.md").read_text() == md
     assert md.count("\n") == 2 + 2 + 3 and "on the strokes" in md and "`made --preset mnist`" in md and "box MSE" in md
