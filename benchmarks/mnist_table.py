@@ -181,7 +181,8 @@ def parse_rows(text: str | None, gpu: bool) -> list[Row]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", help="comma-separated FAMILY[:PRESET] (default: every row)")
+    p.add_argument("--rows", help="comma-separated FAMILY[:PRESET]; a family alone: all its rows (gan: both)"
+                                  " (default: every row)")
     p.add_argument("--gpu", action="store_true", help="use each family's PRESET-gpu recipe where it has one")
     p.add_argument("--runs", default="runs/mnist-table", help="where the runs are trained (or found)")
     p.add_argument("--n", type=int, default=10000, help="samples (and test images of the floor) per distance")
