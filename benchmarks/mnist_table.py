@@ -34,12 +34,13 @@ import numpy as np
 import torch
 
 import genlab
-from genlab import metrics, presets
+from genlab import presets
 from genlab.device import resolve_device
 from genlab.errors import GenlabError
 from genlab.evaluation import Features, reference_features
 from genlab.runs import is_finished, prepare_data
 from genlab.trainer import read_metrics
+from sampler_table import measure
 from tables import emit, train_seconds
 
 
@@ -84,14 +85,8 @@ class Judge:
 
 
 def sample_measures(x: torch.Tensor, features: Features, real: np.ndarray, want: np.ndarray) -> dict:
-    f, probs = features(x)
-    shares = np.bincount(probs.argmax(1), minlength=len(want)) / len(x)
-    precision, recall = metrics.precision_recall(torch.from_numpy(real).float(), torch.from_numpy(f).float())
-    return {"fd": round(metrics.frechet_distance(*metrics.feature_stats(f), *metrics.feature_stats(real)), 3),
-            "kid": round(metrics.kernel_inception_distance(f, real, max_subset_size=min(1000, len(f))), 5),
-            "precision": round(precision, 4), "recall": round(recall, 4),
-            "class_gap": round(float(np.abs(shares - want).max()), 4),
-            "class_shares": [round(float(s), 4) for s in shares]}
+    m = measure(x, features, real, want, detail=True)
+    return {"fd": m.pop("domain_fd"), "kid": m.pop("domain_kid"), **m}
 
 
 def likelihood(run: Path, model, n: int) -> dict:

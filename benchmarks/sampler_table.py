@@ -28,12 +28,19 @@ from tables import emit
 PLAN = "ancestral,ddim:20,ddim:50,euler:50,heun:10,heun:25,dpmpp_2m:10,dpmpp_2m:20"
 
 
-def measure(x: torch.Tensor, features: Features, real: np.ndarray, want: np.ndarray) -> dict:
+def measure(x: torch.Tensor, features: Features, real: np.ndarray, want: np.ndarray, detail: bool = False) -> dict:
+    """Domain FD, KID and the largest class-share gap of samples x; with `detail` also precision, recall and
+    every class's share."""
     f, probs = features(x)
     shares = np.bincount(probs.argmax(1), minlength=len(want)) / len(x)
-    return {"domain_fd": round(metrics.frechet_distance(*metrics.feature_stats(f), *metrics.feature_stats(real)), 3),
-            "domain_kid": round(metrics.kernel_inception_distance(f, real), 5),
-            "class_gap": round(float(np.abs(shares - want).max()), 4)}
+    out = {"domain_fd": round(metrics.frechet_distance(*metrics.feature_stats(f), *metrics.feature_stats(real)), 3),
+           "domain_kid": round(metrics.kernel_inception_distance(f, real), 5),
+           "class_gap": round(float(np.abs(shares - want).max()), 4)}
+    if detail:
+        precision, recall = metrics.precision_recall(torch.from_numpy(real).float(), torch.from_numpy(f).float())
+        out.update(precision=round(precision, 4), recall=round(recall, 4),
+                   class_shares=[round(float(s), 4) for s in shares])
+    return out
 
 
 def main():

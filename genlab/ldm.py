@@ -543,10 +543,7 @@ def encode_dataset(ae: AutoencoderKL, data: Dataset, device, batch_size: int = 5
             out.append(torch.cat([q.mean, q.logvar], 1).float().cpu())
         return torch.cat(out)
 
-    if reach is None:
-        return Dataset(data.name, "latent", moments(data.train), moments(data.test), data.train_labels,
-                       data.test_labels, data.classes, images=data)
-    idx, n_test = reach
+    idx, n_test = reach if reach is not None else (slice(None), len(data.test))
     labels = (None if data.train_labels is None else data.train_labels[idx],
               None if data.test_labels is None else data.test_labels[:n_test])
     return Dataset(data.name, "latent", moments(data.train[idx]), moments(data.test[:n_test]), *labels,
