@@ -92,6 +92,7 @@ class GaussianDiffusion(nn.Module):
         consts = {
             "alphas": alphas,
             "alpha_bar": abar,
+            "snr": abar / (1 - abar),
             "alpha_bar_prev": abar_prev,
             "sqrt_alpha_bar": abar.sqrt(),
             "sqrt_one_minus_alpha_bar": (1 - abar).sqrt(),
@@ -129,13 +130,24 @@ class GaussianDiffusion(nn.Module):
             return x0
         return extract(self.sqrt_alpha_bar, t, x0) * eps - extract(self.sqrt_one_minus_alpha_bar, t, x0) * x0
 
-    def training_loss(self, net, x0, loss_type: str = "l1", objective: str = "eps"):
-        """Algorithm 1, per example: t ~ U{1..T}, eps ~ N(0, I), || target - net(x_t, t) ||."""
+    def loss_weight(self, t, objective: str, snr_gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma (Hang et al. 2023, arXiv:2303.09556): the weight that turns each objective's squared
+        error into min(SNR_t, gamma) || x0_hat - x0 ||^2. An error in eps is sqrt(SNR) times the error it makes
+        in x0, one in v sqrt(SNR + 1) times, so the weights are min(SNR, gamma) / SNR, / (SNR + 1) and / 1.
+        The easy, nearly clean levels stop dominating the gradient."""
+        snr = self.snr[t]
+        clipped = snr.clamp(max=snr_gamma)
+        return clipped / {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}[objective]
+
+    def training_loss(self, net, x0, loss_type: str = "l1", objective: str = "eps", snr_gamma: float = 0.0):
+        """Algorithm 1, per example: t ~ U{1..T}, eps ~ N(0, I), || target - net(x_t, t) ||, weighted by
+        Min-SNR-gamma when snr_gamma > 0 (see loss_weight)."""
         t = parallel.randint(self.T, x0.shape[0], x0.device)
         eps = parallel.randn_like(x0)
         xt = self.q_sample(x0, t, eps)
         err = net(xt, t.float()) - self.target(x0, eps, t, objective)
-        return mean_flat(err.abs() if loss_type == "l1" else err ** 2)
+        loss = mean_flat(err.abs() if loss_type == "l1" else err ** 2)
+        return loss * self.loss_weight(t, objective, snr_gamma) if snr_gamma else loss
 
     def p_mean_variance(self, net, xt, t, objective: str = "eps", clip: bool = True):
         x0 = self.predict_x0(xt, t, net(xt, t.float()), objective)
@@ -177,6 +189,9 @@ class Config:
     schedule: str = opt("cosine", "noise schedule (cosine: seed 001 eq. 14)", choices=list(SCHEDULES))
     loss: str = opt("l1", "l1 (seed 001) or l2 (seed 004)", choices=["l1", "l2"])
     objective: str = opt("eps", "what the network predicts", choices=["eps", "x0", "v"])
+    snr_gamma: float = opt(0.0, "Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is theirs): each time step's "
+                                "loss weighted to min(SNR, gamma) times its error in x0; 0: the plain loss",
+                           min=0.0)
     clip_x0: bool = opt(True, "clamp the predicted x0 to [-1, 1] while sampling (Algorithm 2, line 6)")
     dim: int = opt(16, "U-Net base width (seed 001: 16)", min=1)
     dim_mults: list[int] = opt([1, 2, 4, 8], "U-Net width multipliers per resolution (seed 001: 1,2,4,8)", min=1)
@@ -215,12 +230,12 @@ class DDPM(GenerativeModel):
 
     def __init__(self, shape, time_steps=50, schedule="cosine", loss="l1", objective="eps", clip_x0=True,
                  dim=16, dim_mults=(1, 2, 4, 8), num_res_blocks=2, attn_levels=2, dropout=0.0, num_classes=0,
-                 label_dropout=0.1, guidance=1.0, pixels=True):
+                 label_dropout=0.1, guidance=1.0, pixels=True, snr_gamma=0.0):
         """`pixels`: the data are images in [0, 1], diffused as 2x - 1 and returned clamped to [0, 1];
         otherwise they are diffused and returned as they are (latent diffusion)."""
         super().__init__()
         self.shape, self.pixels = tuple(shape), pixels
-        self.loss_type, self.objective, self.clip_x0 = loss, objective, clip_x0
+        self.loss_type, self.objective, self.clip_x0, self.snr_gamma = loss, objective, clip_x0, snr_gamma
         self.num_classes, self.label_dropout, self.guidance = num_classes, label_dropout, guidance
         self.net = UNet(shape[0], dim=dim, dim_mults=tuple(dim_mults), num_res_blocks=num_res_blocks,
                         attn_levels=attn_levels, dropout=dropout, num_classes=num_classes)
@@ -238,7 +253,8 @@ class DDPM(GenerativeModel):
         if self.num_classes:  # classifier-free guidance: some labels become "no class" (class K)
             y = torch.where(parallel.rand_like(y.float()) < self.label_dropout, self.num_classes, y)
             net = lambda xt, t: self.net(xt, t, y)  # noqa: E731
-        return {"loss": self.diffusion.training_loss(net, self.to_model(x), self.loss_type, self.objective).mean()}
+        return {"loss": self.diffusion.training_loss(net, self.to_model(x), self.loss_type, self.objective,
+                                                      self.snr_gamma).mean()}
 
     def to_model(self, x):
         """Data as the diffusion sees it: images in [0, 1] to [-1, 1]; latents unchanged."""
@@ -327,7 +343,7 @@ def build(cfg: Config, shape, num_classes=0) -> DDPM:
                           "or a folder with one sub-folder per class)")
     model = DDPM(shape, cfg.time_steps, cfg.schedule, cfg.loss, cfg.objective, cfg.clip_x0, cfg.dim,
                  cfg.dim_mults, cfg.num_res_blocks, cfg.attn_levels, cfg.dropout,
-                 num_classes if cfg.cond == "class" else 0, cfg.label_dropout, cfg.guidance)
+                 num_classes if cfg.cond == "class" else 0, cfg.label_dropout, cfg.guidance, snr_gamma=cfg.snr_gamma)
     model.preview_sampler = parse_sampler(cfg.preview, DDPM.samplers)
     return model
 

@@ -368,7 +368,8 @@ def build(cfg: Config, shape, num_classes=0) -> LDM:
                        cfg.disc_weight, cfg.disc_start)
     latent = DDPM(ae.latent_shape, cfg.time_steps, cfg.schedule, cfg.loss, cfg.objective, cfg.clip_x0, cfg.dim,
                   cfg.dim_mults, cfg.num_res_blocks, cfg.attn_levels, cfg.dropout,
-                  num_classes if cfg.cond == "class" else 0, cfg.label_dropout, cfg.guidance, pixels=False)
+                  num_classes if cfg.cond == "class" else 0, cfg.label_dropout, cfg.guidance, pixels=False,
+                  snr_gamma=cfg.snr_gamma)
     model = LDM(ae, latent, cfg.latents)
     model.preview_sampler = parse_sampler(cfg.preview, DDPM.samplers)
     return model

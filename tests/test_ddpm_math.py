@@ -199,3 +199,52 @@ def test_variational_bound_of_optimal_denoiser_bounds_the_entropy_and_tightens_w
     assert min(bounds) >= entropy_bits - 0.05
     assert bounds[1] < bounds[0] - 0.2
     assert bounds[1] < entropy_bits + 0.75
+
+
+@pytest.mark.parametrize("objective", ["eps", "v", "x0"])
+def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error(objective):
+    """Hang et al. 2023: with any objective, the weighted squared error of the network's output equals
+    min(SNR_t, gamma) ||x0_hat - x0||^2, x0_hat the prediction of x0 that output implies."""
+    torch.manual_seed(0)
+    d = GaussianDiffusion(cosine_alphas(100))
+    x0, eps, out = torch.randn(3, 64, 2, 4, 4).unbind(0)
+    t = torch.arange(0, 100, 100 // 64)[:64]
+    xt = d.q_sample(x0, t, eps)
+    weighted = ((out - d.target(x0, eps, t, objective)) ** 2).mean((1, 2, 3)) * d.loss_weight(t, objective, 5.0)
+    abar = d.alpha_bar[t].double()
+    by_hand = (abar / (1 - abar)).clamp(max=5.0).float()
+    x0_error = ((d.predict_x0(xt, t, out, objective) - x0) ** 2).mean((1, 2, 3))
+    torch.testing.assert_close(weighted, by_hand * x0_error, rtol=1e-4, atol=1e-6)
+    assert (by_hand < 5).any() and (by_hand == 5).any()  # both sides of the clip are tested
+
+
+def test_min_snr_weighting_changes_the_loss_only_where_snr_exceeds_gamma():
+    d = GaussianDiffusion(cosine_alphas(50))
+    net = lambda xt, t: torch.zeros_like(xt)  # noqa: E731
+    x0 = torch.randn(256, 1, 4, 4)
+    torch.manual_seed(1)
+    plain = d.training_loss(net, x0, "l2", "eps", 0.0)
+    torch.manual_seed(1)
+    huge = d.training_loss(net, x0, "l2", "eps", 1e12)
+    torch.manual_seed(1)
+    weighted = d.training_loss(net, x0, "l2", "eps", 1.0)
+    torch.testing.assert_close(plain, huge)  # gamma above every SNR: weight 1 for eps
+    assert (weighted <= plain + 1e-6).all() and (weighted < plain - 1e-3).any()
+
+
+def test_snr_gamma_reaches_the_training_loss_of_ddpm_and_ldm():
+    from genlab import ddpm, ldm
+
+    batch = (torch.rand(64, 1, 8, 8), torch.zeros(64, dtype=torch.long))
+    for family, cfg in ((ddpm, ddpm.Config(time_steps=20, dim=4, dim_mults=[1], num_res_blocks=1, attn_levels=0)),
+                        (ldm, ldm.Config(time_steps=20, dim=4, dim_mults=[1], num_res_blocks=1, attn_levels=0))):
+        losses = []
+        for gamma in (0.0, 0.5):
+            cfg.snr_gamma = gamma
+            torch.manual_seed(0)  # the same weights, time steps and noise for both
+            model = family.build(cfg, (1, 8, 8))
+            diffusion = getattr(model, "latent", model)
+            assert diffusion.snr_gamma == gamma
+            x = batch if family is ddpm else (torch.randn(64, *diffusion.shape), batch[1])
+            losses.append(diffusion.loss(x)["loss"].item())
+        assert losses[1] < losses[0]  # gamma below most levels' SNR shrinks the loss
