@@ -68,8 +68,13 @@ def main():
         t0 = time.perf_counter()
         x = genlab.sample(model, a.n, seed=0, **kwargs).cpu()
         wall = time.perf_counter() - t0
-        T = getattr(model, "latent", model).diffusion.T  # an ldm: its latent DDPM
-        n_steps = int(steps) if steps else (T if name == "ancestral" else 50)
+        diffusion = getattr(getattr(model, "latent", model), "diffusion", None)  # a ddpm's (an ldm's latent one)
+        if steps:
+            n_steps = int(steps)
+        elif name == "ancestral" and diffusion is not None:
+            n_steps = diffusion.T  # Algorithm 2 on all T levels
+        else:
+            n_steps = model.T if name == "langevin" else 50  # an ncsn: T Langevin steps per level
         row = {"sampler": name, "steps": n_steps, "nfe": nfe(name, n_steps), "wall_s": round(wall, 1),
                **measure(x, features, real, want)}
         rows.append(row)
