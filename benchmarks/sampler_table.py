@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import genlab
-from genlab import metrics
+from genlab import ddpm, metrics, score
 from genlab.evaluation import Features, reference_features
 from genlab.runs import prepare_data
 from genlab.sampling import nfe
@@ -41,6 +41,16 @@ def measure(x: torch.Tensor, features: Features, real: np.ndarray, want: np.ndar
         out.update(precision=round(precision, 4), recall=round(recall, 4),
                    class_shares=[round(float(s), 4) for s in shares])
     return out
+
+
+def default_steps(model, sampler: str) -> int:
+    """The steps a run's sample() takes for `sampler` when none are given."""
+    if sampler == "langevin":
+        return model.T  # an ncsn: Langevin steps per noise level
+    diffusion = getattr(getattr(model, "latent", model), "diffusion", None)  # a ddpm's (an ldm's latent one)
+    if diffusion is None:
+        return score.DEFAULT_STEPS  # an ncsn's denoiser samplers
+    return diffusion.T if sampler == "ancestral" else min(diffusion.T, ddpm.DEFAULT_STEPS)
 
 
 def main():
@@ -68,13 +78,7 @@ def main():
         t0 = time.perf_counter()
         x = genlab.sample(model, a.n, seed=0, **kwargs).cpu()
         wall = time.perf_counter() - t0
-        diffusion = getattr(getattr(model, "latent", model), "diffusion", None)  # a ddpm's (an ldm's latent one)
-        if steps:
-            n_steps = int(steps)
-        elif name == "ancestral" and diffusion is not None:
-            n_steps = diffusion.T  # Algorithm 2 on all T levels
-        else:
-            n_steps = model.T if name == "langevin" else 50  # an ncsn: T Langevin steps per level
+        n_steps = int(steps) if steps else default_steps(model, name)
         row = {"sampler": name, "steps": n_steps, "nfe": nfe(name, n_steps), "wall_s": round(wall, 1),
                **measure(x, features, real, want)}
         rows.append(row)

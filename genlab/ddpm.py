@@ -137,7 +137,9 @@ class GaussianDiffusion(nn.Module):
         The easy, nearly clean levels stop dominating the gradient."""
         snr = self.snr[t]
         clipped = snr.clamp(max=snr_gamma)
-        return clipped / {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}[objective]
+        if objective == "eps":
+            return clipped / snr
+        return clipped / (snr + 1) if objective == "v" else clipped
 
     def training_loss(self, net, x0, loss_type: str = "l1", objective: str = "eps", snr_gamma: float = 0.0):
         """Algorithm 1, per example: t ~ U{1..T}, eps ~ N(0, I), || target - net(x_t, t) ||, weighted by

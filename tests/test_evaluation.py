@@ -120,3 +120,20 @@ def test_the_mnist_table_code_on_tiny_digits_runs(cache, tmp_path):
     redraw = subprocess.run(args + ["--markdown-only"], capture_output=True, text=True, timeout=600)
     assert redraw.returncode == 0 and (tmp_path / "table.md").read_text() == md
     assert md.count("\n") == 2 + 2 + 3 and "on the strokes" in md and "`made --preset mnist`" in md and "box MSE" in md
+
+
+def test_sampler_table_steps_are_what_sample_takes_by_default():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from sampler_table import default_steps
+
+    from genlab import ddpm, score
+
+    small = ddpm.build(ddpm.Config(time_steps=20, dim=4, dim_mults=[1], num_res_blocks=1, attn_levels=0), (1, 8, 8))
+    large = ddpm.build(ddpm.Config(time_steps=200, dim=4, dim_mults=[1], num_res_blocks=1, attn_levels=0), (1, 8, 8))
+    ncsn = score.build(score.Config(sigma_max=1.0, langevin_steps=7, dim=4, dim_mults=[1], attn_levels=0), (1, 8, 8))
+    assert [default_steps(small, s) for s in ("ancestral", "ddim")] == [20, 20]
+    assert [default_steps(large, s) for s in ("ancestral", "dpmpp_2m")] == [200, 50]
+    assert [default_steps(ncsn, s) for s in ("langevin", "heun")] == [7, 50]
