@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -114,6 +115,7 @@ def cmd_sample(a) -> int:
     if out.suffix not in (".png", ".npz"):  # before minutes of sampling, not after
         raise GenlabError(f"output must end in .png or .npz, got {out}")
     model = load(a.run, device=_device(a.device))
+    _check_output(out)
     kwargs = {k: getattr(a, k) for k in ("sampler", "steps", "eta", "spacing") if getattr(a, k) is not None}
     x = sample(model, a.n, seed=a.seed, progress=True, batch_size=a.batch_size, classes=a.class_,
                guidance=a.guidance, **kwargs)
@@ -143,6 +145,7 @@ def cmd_inpaint(a) -> int:
     for path in (out, Path(a.figure or "x.png")):
         if path.suffix != ".png":
             raise GenlabError(f"output must end in .png, got {path}")
+        _check_output(path)
     done = inpaint(a.run, a.image, mask=a.mask, box=a.box, seed=a.seed, device=_device(a.device), n=a.n,
                    figure=a.figure, test_index=a.test_index, steps=a.steps, jump_length=a.jump_length, resamplings=a.resamplings)
     save_image(out, done[0])
@@ -200,6 +203,19 @@ def cmd_models(a) -> int:
     if not a.model:
         print("\nmore: genlab models MODEL")
     return 0
+
+
+def _check_output(path: Path) -> None:
+    """Refuse an output file that cannot be written where it is asked for, before the work that fills it."""
+    if path.is_dir():
+        raise GenlabError(f"cannot write {path}: it is a folder")
+    for folder in path.absolute().parents:  # the nearest existing folder must be a writable folder
+        if folder.exists():
+            if not folder.is_dir():
+                raise GenlabError(f"cannot write {path}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK):
+                raise GenlabError(f"cannot write {path}: {folder} is not writable")
+            return
 
 
 def _device(name: str) -> str:
@@ -296,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         print("genlab: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `genlab models ncsn | head`: the reader left, nothing is wrong
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141
+    except OSError as e:  # the file system refused: a full disk, a folder that is a file, no permission
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"genlab: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2

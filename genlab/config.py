@@ -21,9 +21,9 @@ import yaml
 from genlab.errors import GenlabError
 
 
-def opt(default, help: str, choices=None, min=None, max=None):
-    """A dataclass field with help text and validation metadata."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max}
+def opt(default, help: str, choices=None, min=None, max=None, above=None):
+    """A dataclass field with help text and validation metadata: value >= min, <= max, > above."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -46,7 +46,7 @@ class TrainConfig:
     steps: int = opt(0, "optimizer steps to train for (0: use epochs, or the family's default)", min=0)
     epochs: int = opt(0, "passes over the training set (used when steps is 0)", min=0)
     batch_size: int = opt(32, "global batch size (split across processes under torchrun)", min=1)
-    lr: float = opt(1e-3, "learning rate", min=0.0)
+    lr: float = opt(1e-3, "learning rate", above=0.0)
     optimizer: str = opt("adam", "optimizer", choices=["adam", "adamw"])
     betas: list[float] = opt([0.9, 0.999], "Adam betas")
     weight_decay: float = opt(0.0, "weight decay (decoupled for adamw)", min=0.0)
@@ -156,6 +156,8 @@ def coerce(cls, name: str, value, where: str = ""):
         if isinstance(item, (int, float)) and not isinstance(item, bool):
             if meta.get("min") is not None and item < meta["min"]:
                 raise GenlabError(f"invalid value {value!r} for {label}: must be >= {meta['min']}")
+            if meta.get("above") is not None and item <= meta["above"]:
+                raise GenlabError(f"invalid value {value!r} for {label}: must be > {meta['above']}")
             if meta.get("max") is not None and item > meta["max"]:
                 raise GenlabError(f"invalid value {value!r} for {label}: must be <= {meta['max']}")
     return value
@@ -264,7 +266,7 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         raise GenlabError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
-        return {}
+        raise GenlabError(f"config file {p} is empty")
     if not isinstance(data, dict):
         raise GenlabError(f"config file {p} must hold a mapping")
     return data

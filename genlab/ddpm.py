@@ -286,6 +286,14 @@ class DDPM(GenerativeModel):
             net = guided(self.net, self.class_labels(n, classes), w, self.num_classes)
         return VPDenoiser(net, self.diffusion.alpha_bar, self.objective, self.clip_x0 and float(self.x0_range))
 
+    def levels(self, sampler: str = "ancestral", steps: int | None = None, spacing: str | None = None,
+               denoiser: VPDenoiser | None = None) -> list[float]:
+        """The noise levels `sample` runs `sampler` on: `steps` of them (default: all T for ancestral, else
+        min(T, 50)) by `spacing` (default: the model's for that sampler), then 0. A number of steps or a
+        spacing the model cannot take is refused here, before any sampling."""
+        steps = steps or (self.diffusion.T if sampler == "ancestral" else min(self.diffusion.T, DEFAULT_STEPS))
+        return noise_levels(denoiser or self.denoiser(), steps, spacing or self.spacing.get(sampler, "uniform"))
+
     @torch.no_grad()
     def sample(self, n, generator=None, sampler: str = "ancestral", steps: int | None = None, eta: float | None = None,
                spacing: str | None = None, keep=(), progress=None, classes=None, guidance: float | None = None):
@@ -294,8 +302,7 @@ class DDPM(GenerativeModel):
 
         With `keep` (time steps in 0..T), also {t: x_t in [0, 1]} for those of them the sampler visits."""
         D = self.denoiser(classes, guidance, n)
-        steps = steps or (self.diffusion.T if sampler == "ancestral" else min(self.diffusion.T, DEFAULT_STEPS))
-        sigmas = noise_levels(D, steps, spacing or self.spacing.get(sampler, "uniform"))
+        sigmas = self.levels(sampler, steps, spacing, D)
         x = D.prior((n, *self.shape), sigmas[0], generator, self.device)
         x, kept = self.reverse(D, x, sigmas, sampler, eta, generator, keep, progress)
         return (x, kept) if keep else x

@@ -309,6 +309,9 @@ class LDM(GenerativeModel):
     def loss(self, batch):
         return self.latent.loss((self.codes(batch[0]), batch[1]))
 
+    def levels(self, *args, **kwargs) -> list[float]:
+        return self.latent.levels(*args, **kwargs)
+
     @torch.no_grad()
     def sample(self, n, generator=None, keep=(), **kwargs):
         """n images: a sampler of the latent DDPM (any of `samplers`, with its options), then the decoder.

@@ -173,6 +173,7 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
     device = resolve_device(cfg.train.device)  # before joining a process group: a bad device is one line
     parallel.setup(backend_kind(cfg.train.device))
     created = started = False
+    made = None
     try:
         configure(device, cfg.train.deterministic)
         fam = family(cfg.family)
@@ -186,7 +187,11 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
             run_dir = parallel.broadcast_object(run_dir or default_run_dir(cfg))
             parallel.barrier()
             if parallel.is_main():
-                run_dir.mkdir(parents=True)
+                made = outermost_missing(run_dir)
+                try:
+                    run_dir.mkdir(parents=True)
+                except OSError as e:
+                    raise GenlabError(f"cannot create the run directory {run_dir}: {e.strerror}") from None
                 created = True
                 for sub in ("checkpoints", "samples", "figures"):
                     (run_dir / sub).mkdir()
@@ -221,11 +226,26 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
         # failed while setting up, or before its first checkpoint (of any stage): leave no half-made run behind
         if created and (not started or not has_checkpoint(run_dir)):
             shutil.rmtree(run_dir, ignore_errors=True)
+            for folder in run_dir.absolute().parents:  # and the folders made to hold it (runs/), when left empty
+                if not folder.is_relative_to(made.parent) or folder == made.parent:
+                    break
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
         raise
     finally:
         parallel.barrier()
         parallel.teardown()
     return load(run_dir, device=str(device)) if parallel.is_main() else None
+
+
+def outermost_missing(path: Path) -> Path:
+    """The outermost folder of `path` that does not exist yet: the first one mkdir(parents=True) makes."""
+    path = Path(path).absolute()
+    while path.parent != path and not path.parent.exists():
+        path = path.parent
+    return path
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -407,6 +427,10 @@ def check_sampler(model, sampler: str | None = None, steps: int | None = None, e
         raise GenlabError("--eta (between 0 and 1) applies to --sampler ddim only")
     if spacing is not None and (spacing not in SPACINGS or chosen == "langevin"):
         raise GenlabError(f"--spacing takes one of {', '.join(SPACINGS)}, with a sampler other than langevin")
+    if steps is not None and steps < 1:
+        raise GenlabError(f"--steps must be a positive number, got {steps}")
+    if steps is not None and hasattr(model, "levels"):
+        model.levels(chosen, steps, spacing)  # a number of steps its levels cannot give is refused now
 
 
 def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str = "cpu", seed: int = 0,
@@ -421,12 +445,16 @@ def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str =
     from genlab.trainer import likelihood, test_averages
 
     known = {"loss", "nll", *SAMPLE_METRICS}
+    if not metrics:
+        raise GenlabError(f"--metrics names no metric (available: {', '.join(sorted(known))})")
     for m in metrics:
         if m not in known:
             raise GenlabError(f"unknown metric '{m}' (available: {', '.join(sorted(known))})")
     model = load(run, device=device)
     cfg = model.config
     data = prepare_data(cfg)
+    wanted = [m for m in metrics if m in SAMPLE_METRICS]
+    given = read_samples(samples, data.shape) if wanted and samples is not None else None  # checked before the work
     result: dict[str, float] = {}
     limit = len(data.test) if n == 0 else min(n, len(data.test))
     if "loss" in metrics:
@@ -438,23 +466,32 @@ def evaluate(run: str | Path, metrics=("loss", "nll"), n: int = 0, device: str =
         if k and "k" not in inspect.signature(model.nll).parameters:
             raise GenlabError(f"--k applies to importance-weighted bounds; model '{cfg.family}' has none")
         result.update(likelihood(model, data, limit, torch.device(device), seed, **({"k": k} if k else {})))
-    wanted = [m for m in metrics if m in SAMPLE_METRICS]
     if wanted:
-        if samples is None:
-            x = sample(model, n or 10000, seed=seed, progress=True).cpu()
-        elif isinstance(samples, torch.Tensor):
-            x = samples
-        else:
-            try:
-                x = torch.from_numpy(np.load(samples)["samples"]).float()
-            except (OSError, KeyError, ValueError) as e:
-                raise GenlabError(f"cannot read samples from {samples}: {e}") from None
+        x = sample(model, n or 10000, seed=seed, progress=True).cpu() if given is None else given
         result.update(sample_metrics(x, data, choose_features(features, data, device, log_stderr), wanted))
     if log:
         with open(Path(run) / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": model.step, "split": "eval", **{k_: v for k_, v in result.items()
                                                                         if not isinstance(v, float) or math.isfinite(v)}}) + "\n")
     return result
+
+
+def read_samples(samples: str | Path | torch.Tensor, shape) -> torch.Tensor:
+    """Samples given to `evaluate`: a tensor or an .npz file with key "samples", (N, *shape) floats."""
+    if isinstance(samples, torch.Tensor):
+        x = samples
+    else:
+        try:
+            with np.load(samples, allow_pickle=False) as archive:
+                if "samples" not in archive:
+                    raise GenlabError(f"{samples} has no array 'samples' (it has: {', '.join(archive) or 'none'})")
+                x = torch.from_numpy(archive["samples"]).float()
+        except (OSError, ValueError) as e:
+            reason = "not a NumPy .npz file" if isinstance(e, ValueError) else e
+            raise GenlabError(f"cannot read samples from {samples}: {reason}") from None
+    if tuple(x.shape[1:]) != tuple(shape) or len(x) == 0:
+        raise GenlabError(f"samples of shape {tuple(x.shape)} do not match the data's (N, {', '.join(map(str, shape))})")
+    return x
 
 
 def read_image(path: str | Path, shape) -> torch.Tensor:
@@ -471,6 +508,17 @@ def read_image(path: str | Path, shape) -> torch.Tensor:
         raise GenlabError(f"cannot read image {path}: {e}") from None
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255)
     return (x[None, None] if C == 1 else x.permute(2, 0, 1)[None]).contiguous()
+
+
+def file_image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError) as e:
+        raise GenlabError(f"cannot read image {path}: {e}") from None
 
 
 def box_mask(text: str, shape) -> torch.Tensor:
@@ -521,7 +569,17 @@ def inpaint(run: str | Path, image: str | Path | None = None, mask: str | Path |
         if not 0 <= test_index < len(data.test):
             raise GenlabError(f"--test-index must be between 0 and {len(data.test) - 1}, got {test_index}")
         x = data.floats("test")[test_index: test_index + 1].to(device)
-    m = (read_image(mask, (1, *model.data_shape[1:])) > 0.5).float() if mask else box_mask(box, model.data_shape)
+    if mask:
+        want = file_image_size(image) if image is not None else tuple(model.data_shape[:0:-1])
+        got = file_image_size(mask)
+        if got != want:
+            raise GenlabError(f"the mask {mask} is {got[0]}x{got[1]} pixels but the image is {want[0]}x{want[1]}: "
+                              f"a mask has the image's size (white = missing)")
+        m = (read_image(mask, (1, *model.data_shape[1:])) > 0.5).float()
+        if not m.any():
+            raise GenlabError(f"the mask {mask} marks no missing pixels (white = missing, black = kept)")
+    else:
+        m = box_mask(box, model.data_shape)
     m = m.to(device)
     g = torch.Generator(device).manual_seed(seed)
     done = model.inpaint(x.expand(n, *x.shape[1:]), m.expand(n, *m.shape[1:]), generator=g, **options)

@@ -10,7 +10,8 @@ def test_coercion_and_validation():
     assert coerce(TrainConfig, "steps", "100") == 100
     assert coerce(TrainConfig, "progress", "false") is False
     assert coerce(TrainConfig, "betas", "0.5,0.9") == [0.5, 0.9]
-    for name, bad, match in [("steps", "ten", "integer"), ("lr", "-1", ">= 0"), ("optimizer", "sgd", "choose from"),
+    for name, bad, match in [("steps", "ten", "integer"), ("lr", "-1", "> 0"), ("lr", "0", "> 0"),
+                             ("warmup_steps", "-1", ">= 0"), ("optimizer", "sgd", "choose from"),
                              ("progress", "maybe", "true or false"), ("bogus", "1", "unknown option")]:
         with pytest.raises(GenlabError, match=match):
             coerce(TrainConfig, name, bad)

@@ -30,7 +30,7 @@ def summary(path: Path) -> str:
 def values(family: str, name: str) -> dict:
     """The preset's sections, checked to be for this family."""
     path = ROOT / family / f"{name}.yaml"
-    if not path.is_file():
+    if not path.is_file() or name not in available(family):  # a name, not a path into another family's folder
         known = ", ".join(available(family)) or "none"
         raise GenlabError(f"model '{family}' has no preset '{name}' (its presets: {known}; genlab models {family})")
     data = read_yaml(path)
