@@ -17,6 +17,7 @@ th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
 figure{display:inline-block;margin:.5em;vertical-align:top} figcaption{font-size:.85em;color:#555}
 img{max-width:100%;image-rendering:pixelated}
+.wide{overflow-x:auto}
 """
 
 
@@ -67,7 +68,7 @@ def _table(records: list[dict]) -> str:
     for r in records:
         cells = "".join(f"<td>{_fmt(r.get(k))}</td>" for k in keys)
         rows.append(f"<tr><td>{html.escape(str(r.get('split')))}</td><td>{r.get('step')}</td>{cells}</tr>")
-    return "<table>" + "".join(rows) + "</table>"
+    return "<div class='wide'><table>" + "".join(rows) + "</table></div>"  # a wide table scrolls, not the page
 
 
 def _fmt(v) -> str:

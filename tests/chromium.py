@@ -33,6 +33,7 @@ class Page:
     images: list[dict]  # {"alt", "complete", "width", "height"}: the decoded (natural) size of each <img>
     headings: list[str]
     text: str  # the page's visible text
+    overflow: int  # pixels the page is wider than the window (0: no sideways scrolling)
     errors: list[str]  # console errors, uncaught exceptions, failed loads
     requests: list[str] = field(default_factory=list)  # URLs fetched other than the page itself and data: URLs
     screenshot: bytes = b""  # PNG of the first screen
@@ -141,7 +142,8 @@ class Chromium:
             images: Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete,
                                                            width: i.naturalWidth, height: i.naturalHeight})),
             headings: Array.from(document.querySelectorAll('h1, h2')).map(h => h.textContent),
-            text: document.body ? document.body.innerText : ''})"""
+            text: document.body ? document.body.innerText : '',
+            overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth})"""
         seen = json.loads(self.call("Runtime.evaluate", session, expression=probe, returnByValue=True)
                           ["result"]["value"])
         shot = base64.b64decode(self.call("Page.captureScreenshot", session, format="png")["data"])
@@ -162,4 +164,5 @@ class Chromium:
                 if req != url and not req.startswith("data:"):
                     requests.append(req)
         self.call("Target.closeTarget", targetId=target)
-        return Page(seen["title"], seen["images"], seen["headings"], seen["text"], errors, requests, shot)
+        return Page(seen["title"], seen["images"], seen["headings"], seen["text"], seen["overflow"], errors, requests,
+                    shot)

@@ -73,6 +73,7 @@ def test_every_familys_report_opens_whole_in_a_browser(browser, reports, family)
     # the final metrics (the last training line and the end-of-run test), and the configuration
     assert "train\t6" in page.text and "test\t6" in page.text
     assert f"family: {family}" in page.text and "steps: 6" in page.text
+    assert page.overflow == 0  # a wide metrics table scrolls by itself, the page does not
     assert blank_share(page.screenshot) < 0.97  # the first screen shows text, tables and images (MNIST-like: 0.85-0.94)
     assert Image.open(io.BytesIO(page.screenshot)).size == (1200, 900)
 
@@ -88,3 +89,6 @@ def test_the_browser_check_sees_a_broken_page(browser, tmp_path):
     assert any("undefined_function" in e for e in seen.errors)
     assert any(r.endswith("missing.png") for r in seen.requests)
     assert blank_share(seen.screenshot) > 0.99  # one letter on white
+    wide = tmp_path / "wide.html"
+    wide.write_text("<!doctype html><html><body><div style='width:3000px'>wide</div></body></html>")
+    assert browser.open_page(wide).overflow > 0
