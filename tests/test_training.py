@@ -253,39 +253,104 @@ def train_rows(run: Path) -> list[tuple]:
     return [(r["step"], r["loss"], r.get("grad_norm")) for r in rows if r["split"] == "train"]
 
 
+# The killed processes write each checkpoint file 50 ms slower (the same bytes), so that a kill can be aimed
+# inside a checkpoint write, which takes about a millisecond at this size.
+SLOW_WRITES = ("import sys, time, genlab.checkpoint as c; from genlab.cli import main; write = c.save_file; "
+               "c.save_file = lambda *a, **k: (write(*a, **k), time.sleep(0.05))[0]; sys.exit(main(sys.argv[1:]))")
+
+
+def slow_write_cmd(*args):
+    return [sys.executable, "-c", SLOW_WRITES, *args]
+
+
+# Where the 20 kills aim, in order: each waits for its moment in the running process, so the run moves on
+# between kills and the last ones find its end-of-run work (which every resume redoes until it is complete).
+KILL_AIMS = ["start-up"] * 3 + ["training", "checkpoint write"] * 6 + ["end of run"] * 5
+
+
 @pytest.mark.slow
 def test_twenty_sigkills_anywhere_and_the_run_is_bit_for_bit_the_uninterrupted_one(tmp_path):
-    """SIGKILL at 20 moments spread over a run (inside steps, checkpoint writes, sample grids, test passes and
-    the end-of-run work), resuming after each: weights, optimizer state, RNG and logged losses are exactly
-    those of the run that was never stopped."""
+    """SIGKILL at 20 moments of a run (start-up, steps, sample grids and test passes, checkpoint writes and the
+    end-of-run work), resuming after each: weights, optimizer state, RNG and logged losses are exactly those
+    of the run that was never stopped. Prints where the kills landed, as the run's files tell."""
     # checkpoints at whole log intervals: a run stopped between them would log a partial interval's mean
     args = tiny_flags(steps=150, checkpoint_every=10, log_every=5, sample_every=20, eval_every=25, flip="true")
     ref = tmp_path / "ref"
     t0 = time.perf_counter()
     subprocess.run(genlab_cmd("train", "ddpm", "--out", str(ref), *args), check=True, capture_output=True, timeout=600)
     duration = time.perf_counter() - t0
-    run, kills = tmp_path / "run", 0
-    for k in range(20):
-        started = (run / "checkpoints").is_dir() and checkpoint_dirs(run)
-        cmd = genlab_cmd("train", "--resume", str(run)) if started else genlab_cmd("train", "ddpm", "--out", str(run),
-                                                                                   *args)
+    run, hits, rng = tmp_path / "run", [], np.random.default_rng(0)
+    for aim in KILL_AIMS:
+        if is_done(run):
+            break
+        started = (run / "config.yaml").is_file()  # resumable, with or without a checkpoint yet
+        cmd = slow_write_cmd("train", "--resume", str(run)) if started else \
+            slow_write_cmd("train", "ddpm", "--out", str(run), *args)
+        logged = log_lines(run)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5 + (k * 0.618 % 1) * duration / 3)  # moments spread over start-up, steps and the end
-        if proc.poll() is not None:  # finished (or nothing left to do) before the moment came
+        if not wait_for_moment(proc, run, aim, logged, rng):  # ended before its moment came
             proc.communicate()
-            if is_done(run):
-                break
             continue
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
-        kills += 1
+        hits.append(where_killed(run, logged, proc.pid))
+    print(f"{len(hits)} SIGKILLs in {time.perf_counter() - t0 - duration:.0f} s (the run alone: {duration:.0f} s): "
+          + "; ".join(f"{h} x{hits.count(h)}" for h in dict.fromkeys(hits)))
     if not is_done(run):
         r = subprocess.run(genlab_cmd("train", "--resume", str(run)), capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
     assert_bitwise_equal(final_tensors(ref), final_tensors(run))
     assert train_rows(run) == train_rows(ref)
     assert (run / "report.html").is_file() and is_done(run)
-    assert kills >= 12, kills
+    assert len(hits) == 20, hits
+    assert {"start-up", "training", "checkpoint write", "end of run"} <= set(hits), hits
+
+
+def wait_for_moment(proc, run: Path, aim: str, logged: int, rng) -> bool:
+    """Wait until the running process reaches a moment of the kind `aim`; False if it ends first."""
+    deadline = time.monotonic() + 120
+    if aim == "start-up":
+        time.sleep(rng.uniform(0.2, 1.5))  # importing, building the model, loading the checkpoint
+        return proc.poll() is None
+    while proc.poll() is None and time.monotonic() < deadline:
+        if aim == "training" and log_lines(run) > logged:
+            time.sleep(rng.uniform(0, 0.3))  # somewhere in the steps after its first new log line
+            return proc.poll() is None
+        if aim == "checkpoint write" and partial_checkpoints(run, proc.pid):
+            return True
+        if aim == "end of run" and owed_end(run):
+            time.sleep(rng.uniform(0, 1.0))
+            return proc.poll() is None
+        time.sleep(0.002)
+    return False
+
+
+def partial_checkpoints(run: Path, pid: int) -> list[Path]:
+    """Checkpoint folders process `pid` is writing (still under their temporary names)."""
+    folder = run / "checkpoints"
+    return [p for p in folder.iterdir() if p.name.startswith(".tmp-step_") and p.name.endswith(f"-{pid}")] \
+        if folder.is_dir() else []
+
+
+def owed_end(run: Path) -> bool:
+    f = run / "finished.json"
+    return f.is_file() and not json.loads(f.read_text()).get("done")
+
+
+def log_lines(run: Path) -> int:
+    return len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").is_file() else 0
+
+
+def where_killed(run: Path, logged_before: int, pid: int) -> str:
+    """What a run killed just now was doing, from what it left on disk: "checkpoint write" (a checkpoint folder
+    of that process still under its temporary name), "end of run" (the final evaluation and figures begun,
+    not done), "training" (steps, sample grids and test passes: it logged since it started) or "start-up"
+    (imports, loading, the first steps)."""
+    if partial_checkpoints(run, pid):
+        return "checkpoint write"
+    if owed_end(run):
+        return "end of run"
+    return "training" if log_lines(run) > logged_before else "start-up"
 
 
 def checkpoint_dirs(run: Path) -> list[Path]:
