@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -187,14 +188,20 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
             run_dir = parallel.broadcast_object(run_dir or default_run_dir(cfg))
             parallel.barrier()
             if parallel.is_main():
+                # made whole under a temporary name and renamed into place: a run killed at any moment leaves
+                # either no run directory or one with its config.yaml, which --resume takes
                 made = outermost_missing(run_dir)
+                staging = run_dir.with_name(f".{run_dir.name}.new-{os.getpid()}")
                 try:
-                    run_dir.mkdir(parents=True)
+                    staging.mkdir(parents=True)
+                    for sub in ("checkpoints", "samples", "figures"):
+                        (staging / sub).mkdir()
+                    write_config(staging, cfg)
+                    os.rename(staging, run_dir)
                 except OSError as e:
+                    remove_new(staging, made)
                     raise GenlabError(f"cannot create the run directory {run_dir}: {e.strerror}") from None
                 created = True
-                for sub in ("checkpoints", "samples", "figures"):
-                    (run_dir / sub).mkdir()
         if parallel.is_main():
             write_config(run_dir, cfg)
         parallel.barrier()
@@ -225,19 +232,24 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
     except BaseException:
         # failed while setting up, or before its first checkpoint (of any stage): leave no half-made run behind
         if created and (not started or not has_checkpoint(run_dir)):
-            shutil.rmtree(run_dir, ignore_errors=True)
-            for folder in run_dir.absolute().parents:  # and the folders made to hold it (runs/), when left empty
-                if not folder.is_relative_to(made.parent) or folder == made.parent:
-                    break
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            remove_new(run_dir, made)
         raise
     finally:
         parallel.barrier()
         parallel.teardown()
     return load(run_dir, device=str(device)) if parallel.is_main() else None
+
+
+def remove_new(path: Path, made: Path) -> None:
+    """Remove `path` and the folders made to hold it (runs/, from `made` inward) that it leaves empty."""
+    shutil.rmtree(path, ignore_errors=True)
+    for folder in path.absolute().parents:
+        if not folder.is_relative_to(made.parent) or folder == made.parent:
+            break
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def outermost_missing(path: Path) -> Path:

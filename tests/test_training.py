@@ -374,3 +374,18 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(tiny_ru
     assert "no intact checkpoint yet: training it from step 0" in capsys.readouterr().err
     assert_bitwise_equal(final_tensors(tiny_run), final_tensors(run))
     assert [r[0] for r in train_rows(run)] == [r[0] for r in train_rows(tiny_run)]  # no row twice
+
+
+def test_a_run_directory_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The run directory is made under a temporary name with its config.yaml, then renamed into place: a
+    failure (or a kill) while it is being made leaves nothing under the run's name, and nothing else."""
+    import genlab.runs
+    from genlab.errors import GenlabError
+
+    def full_disk(run_dir, cfg):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(genlab.runs, "write_config", full_disk)
+    with pytest.raises(GenlabError, match="cannot create the run directory .*No space left on device"):
+        genlab.train("ddpm", out=tmp_path / "runs" / "r", steps=1, **TINY_DDPM)
+    assert list(tmp_path.iterdir()) == []
