@@ -202,7 +202,7 @@ def train(model: str | None = None, *, out: str | Path | None = None, resume: st
                     remove_new(staging, made)
                     raise GenlabError(f"cannot create the run directory {run_dir}: {e.strerror}") from None
                 created = True
-        if parallel.is_main():
+        if parallel.is_main() and resume is not None:  # a new run's config.yaml came with its directory
             write_config(run_dir, cfg)
         parallel.barrier()
         if hasattr(fam, "first_stage"):  # a model trained in two stages (ldm): the first, and what the second sees

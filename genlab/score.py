@@ -164,12 +164,13 @@ class NCSN(GenerativeModel):
     def denoiser(self) -> ScoreDenoiser:
         return ScoreDenoiser(self.score, self.sigmas)
 
-    def levels(self, sampler: str = "langevin", steps: int | None = None, spacing: str | None = None) -> list[float]:
+    def levels(self, sampler: str = "langevin", steps: int | None = None, spacing: str | None = None,
+               denoiser: ScoreDenoiser | None = None) -> list[float]:
         """The noise levels a denoiser sampler runs on (`steps`, default 50, by `spacing`, default the model's),
         then 0; for langevin the model's own ladder. Checked before any sampling."""
         if sampler == "langevin":
             return [float(s) for s in self.sigmas]
-        return noise_levels(self.denoiser(), steps or DEFAULT_STEPS, spacing or self.spacing)
+        return noise_levels(denoiser or self.denoiser(), steps or DEFAULT_STEPS, spacing or self.spacing)
 
     @torch.no_grad()
     def sample(self, n, generator=None, sampler: str = "langevin", steps: int | None = None, eta: float | None = None,
@@ -185,7 +186,7 @@ class NCSN(GenerativeModel):
             if return_traj:
                 raise GenlabError("the trajectory is kept by the langevin sampler only")
             D = self.denoiser()
-            sigmas = self.levels(sampler, steps, spacing)
+            sigmas = self.levels(sampler, steps, spacing, D)
             callback = None if progress is None else (lambda i, x: progress.update(1))
             out = solve(D, sampler, D.prior((n, *self.shape), sigmas[0], generator, self.device), sigmas, eta,
                         generator, callback)
