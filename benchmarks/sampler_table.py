@@ -79,7 +79,7 @@ def main():
         x = genlab.sample(model, a.n, seed=0, **kwargs).cpu()
         wall = time.perf_counter() - t0
         n_steps = int(steps) if steps else default_steps(model, name)
-        row = {"sampler": name, "steps": n_steps, "nfe": nfe(name, n_steps), "wall_s": round(wall, 1),
+        row = {"sampler": name, "steps": n_steps, "nfe": nfe(name, n_steps, len(getattr(model, "sigmas", ()))), "wall_s": round(wall, 1),
                **measure(x, features, real, want)}
         rows.append(row)
         print(json.dumps({"benchmark": "sampler_table", **row}), flush=True)

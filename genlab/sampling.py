@@ -134,17 +134,21 @@ class VPDenoiser(Denoiser):
 class ScoreDenoiser(Denoiser):
     """A noise-conditional score model s(x, sigma) as a denoiser: D = x + sigma^2 s(x, sigma).
 
-    Its score is the network's own (no round trip through D)."""
+    With `clip` = (lo, hi), D is clamped to the data's range, the counterpart of Algorithm 2's clamp of a
+    DDPM's x0 (images in [0, 1]): at sigma = 16 an error of 0.01 in the network's sigma s becomes 0.16 in D.
+    Its score is the network's own (no round trip through D, no clamp), as Langevin uses it."""
 
-    def __init__(self, score_fn: Callable, sigmas: torch.Tensor):
+    def __init__(self, score_fn: Callable, sigmas: torch.Tensor, clip: tuple[float, float] | None = None):
         self.score_fn = score_fn
         self.sigmas = [float(s) for s in sigmas]
+        self.clip = clip
 
     def score(self, x, sigma):
         return self.score_fn(x, torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype))
 
     def __call__(self, x, sigma):
-        return x + sigma ** 2 * self.score(x, sigma)
+        x0 = x + sigma ** 2 * self.score(x, sigma)
+        return x0 if self.clip is None else x0.clamp(*self.clip)
 
 
 def guided(net: Callable, y: torch.Tensor, w: float, null: int) -> Callable:
@@ -395,8 +399,10 @@ def parse_sampler(text: str, samplers) -> dict:
     return {"sampler": name, **({"steps": int(steps)} if steps else {})}
 
 
-def nfe(sampler: str, n: int) -> int:
-    """Network evaluations of n steps (for langevin, n per level, times the ladder's length elsewhere)."""
+def nfe(sampler: str, n: int, ladder: int = 1) -> int:
+    """Network evaluations of n steps; for langevin n steps at each of the `ladder` noise levels."""
+    if sampler == "langevin":
+        return n * ladder
     return 2 * n - 1 if sampler == "heun" else n
 
 

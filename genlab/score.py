@@ -17,7 +17,9 @@ What seed 002 (question 2.5 and section 5) specifies, and where it lives here:
   s(x, sigma) - lambda (x - x_known) * M:                                       `conditional_score`
 Images use a noise-conditional U-Net (the diffusion U-Net, conditioned on log sigma) with the same
 output scaling. For 2-D data the largest sigma defaults to the largest distance between training
-points (Song and Ermon 2020, technique 1), so that Langevin can move samples between the modes.
+points (Song and Ermon 2020, technique 1), so that Langevin can move samples between the modes;
+`--langevin-eps 0` takes their technique 4, the step size that leaves each level's samples with that
+level's spread when the data is one point (`langevin_step_size`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,27 @@ from genlab.unet import UNet
 def geometric_sigmas(sigma_max: float, sigma_min: float, n: int) -> torch.Tensor:
     """n noise levels from sigma_max down to sigma_min, equally spaced in log."""
     return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64)).float()
+
+
+def langevin_variance_ratio(eps: float, gamma: float, T: int, sigma_min: float) -> float:
+    """Song and Ermon (2020), technique 4: for data at one point, a sample that enters level sigma_i with the
+    previous level's spread (gamma sigma_i)^2 leaves its T Langevin steps (step eps sigma_i^2 / sigma_min^2)
+    with variance ratio x sigma_i^2, the same at every level of a geometric ladder of ratio gamma."""
+    a = 1 - eps / sigma_min ** 2  # each step scales x by a and adds 2 alpha of variance
+    stationary = 2 * eps / (sigma_min ** 2 * (1 - a ** 2))
+    return a ** (2 * T) * (gamma ** 2 - stationary) + stationary
+
+
+def langevin_step_size(sigmas, T: int) -> float:
+    """Technique 4's eps for a geometric ladder and T steps per level: the variance ratio nearest 1."""
+    from scipy.optimize import minimize_scalar
+
+    sigmas = [float(s) for s in sigmas]
+    gamma, sigma_min = sigmas[0] / sigmas[1], sigmas[-1]
+    ratio = lambda log_eps: abs(langevin_variance_ratio(math.exp(log_eps), gamma, T, sigma_min) - 1)  # noqa: E731
+    best = minimize_scalar(ratio, bounds=(math.log(sigma_min ** 2) - 30, math.log(sigma_min ** 2)), method="bounded",
+                           options={"xatol": 1e-6})
+    return float(f"{math.exp(best.x):.3g}")
 
 
 def dsm_loss(score_fn, x, sigmas):
@@ -101,7 +124,8 @@ class Config:
     num_sigmas: int = opt(20, "noise levels L (seed 002: 10 from 0.3; from the data's extent, 20 keep its "
                               "spacing where the noise is small; images: 10 from 1)", min=2)
     langevin_steps: int = opt(100, "Langevin steps T per noise level (seed 002: 100)", min=1)
-    langevin_eps: float = opt(2e-5, "Langevin step-size parameter eps (seed 002: 2e-5)", min=0.0)
+    langevin_eps: float = opt(2e-5, "Langevin step-size parameter eps (seed 002: 2e-5; 0: Song and Ermon 2020's "
+                                    "technique 4 for the ladder and the steps per level)", min=0.0)
     hidden: int = opt(128, "ScoreNet width (2-D data)", min=1)
     dim: int = opt(16, "U-Net base width (images)", min=1)
     dim_mults: list[int] = opt([1, 2, 2], "U-Net width multipliers (images)", min=1)
@@ -162,7 +186,8 @@ class NCSN(GenerativeModel):
         return torch.randn(n, *self.shape, generator=generator, device=self.device)  # Algorithm 2, line 1
 
     def denoiser(self) -> ScoreDenoiser:
-        return ScoreDenoiser(self.score, self.sigmas)
+        """D = x + sigma^2 s(x, sigma), for images clamped to their range [0, 1]."""
+        return ScoreDenoiser(self.score, self.sigmas, clip=None if len(self.shape) == 1 else (0.0, 1.0))
 
     def levels(self, sampler: str = "langevin", steps: int | None = None, spacing: str | None = None,
                denoiser: ScoreDenoiser | None = None) -> list[float]:
@@ -218,11 +243,16 @@ def max_pairwise_distance(points: torch.Tensor, n: int = 2000) -> float:
 
 
 def prepare(data, cfg):
-    """Resolve sigma_max = 0: the largest distance between training points (2-D) or 1 (images)."""
-    if cfg.model.sigma_max == 0:
-        cfg.model.sigma_max = round(max_pairwise_distance(data.train), 3) if data.kind == "points" else 1.0
-    if cfg.model.sigma_max <= cfg.model.sigma_min:
-        raise GenlabError(f"sigma_max ({cfg.model.sigma_max}) must exceed sigma_min ({cfg.model.sigma_min})")
+    """Resolve sigma_max = 0: the largest distance between training points (2-D) or 1 (images); and
+    langevin_eps = 0: technique 4's step for the ladder (both written into the run's config)."""
+    m = cfg.model
+    if m.sigma_max == 0:
+        m.sigma_max = round(max_pairwise_distance(data.train), 3) if data.kind == "points" else 1.0
+    if m.sigma_max <= m.sigma_min:
+        raise GenlabError(f"sigma_max ({m.sigma_max}) must exceed sigma_min ({m.sigma_min})")
+    if m.langevin_eps == 0:
+        m.langevin_eps = langevin_step_size(geometric_sigmas(m.sigma_max, m.sigma_min, m.num_sigmas),
+                                            m.langevin_steps)
     return data
 
 
@@ -233,8 +263,8 @@ def validate(cfg: Config, data_cfg) -> None:
 
 
 def build(cfg: Config, shape, num_classes=0) -> NCSN:
-    if cfg.sigma_max == 0:
-        raise GenlabError("sigma_max is unresolved (0); it is set from the data when training starts")
+    if cfg.sigma_max == 0 or cfg.langevin_eps == 0:
+        raise GenlabError("sigma_max or langevin_eps is unresolved (0); it is set when training starts")
     model = NCSN(shape, cfg.sigma_max, cfg.sigma_min, cfg.num_sigmas, cfg.langevin_steps, cfg.langevin_eps,
                  cfg.hidden, cfg.dim, cfg.dim_mults, cfg.attn_levels, cfg.inpaint_lambda, cfg.num_res_blocks)
     model.preview_sampler = parse_sampler(cfg.preview, NCSN.samplers)

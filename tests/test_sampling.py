@@ -9,7 +9,7 @@ import torch
 
 from genlab.ddpm import GaussianDiffusion, cosine_alphas, linear_alphas
 from genlab.sampling import (Denoiser, ScoreDenoiser, VPDenoiser, annealed_langevin, discrete_sigmas,
-                             geometric_sigmas, karras_sigmas, sample_ancestral, sample_ddim, sample_dpmpp_2m,
+                             geometric_sigmas, karras_sigmas, nfe, sample_ancestral, sample_ddim, sample_dpmpp_2m,
                              sample_euler, sample_heun, solve)
 
 # Gaussian data x0 ~ N(MU, COV) in 2-D with a full covariance
@@ -70,7 +70,13 @@ def test_ode_solvers_end_at_the_exact_data_point(name):
     D = GaussianDenoiser(20.0, 0.002)
     out = solver(D, x, karras_sigmas(20.0, 0.002, 100))
     assert (out - exact_flow(x, 20.0, 0.0)).norm(dim=1).max().item() < (0.03 if order == 1 else 2e-3)
-    assert D.calls == (2 * 100 - 1 if name == "heun" else 100)  # the NFE each sampler claims
+    assert D.calls == nfe(name, 100)  # the NFE each sampler claims
+
+
+def test_langevin_evaluates_the_score_steps_times_at_each_level():
+    calls = []
+    annealed_langevin(lambda x, s: calls.append(1) or -x, torch.zeros(3, 2), [2.0, 1.0, 0.5], 1e-3, 7)
+    assert len(calls) == nfe("langevin", 7, ladder=3) == 21
 
 
 def ve_chain(sigmas, eta):
@@ -240,6 +246,22 @@ def test_score_denoiser_is_tweedie_and_keeps_the_score():
     np.testing.assert_allclose(D(x, 0.5), x / (1 + 0.25), rtol=1e-6)  # E[x0 | x] = x / (1 + sigma^2)
     assert torch.equal(D.score(x, 0.5), score(x, torch.full((3,), 0.5)))
     assert D.sigma_max == 2.0 and D.sigma_min == pytest.approx(0.1)
+
+
+def test_an_image_score_model_clamps_its_denoiser_to_the_pixel_range_and_not_its_score():
+    """An image ncsn's D = x + sigma^2 s is clamped to [0, 1] (as Algorithm 2 clamps a DDPM's x0); Langevin's score
+    is the network's own; 2-D points are never clamped."""
+    from genlab.score import NCSN
+
+    model = NCSN((1, 8, 8), sigma_max=16.0, num_sigmas=5)
+    model.score = lambda x, s: -x / s.view(-1, 1, 1, 1) ** 2 * 1.5  # D = x - 1.5 x = -x / 2, outside [0, 1] for x > 0
+    x = torch.rand(4, 1, 8, 8) + 0.5
+    D = model.denoiser()
+    assert torch.equal(D(x, 3.0), torch.zeros_like(x))
+    assert torch.equal(D.score(x, 3.0), model.score(x, torch.full((4,), 3.0)))
+    points = NCSN((2,), sigma_max=4.0, num_sigmas=5)
+    points.score = lambda x, s: -x / s.view(-1, 1) ** 2 * 1.5
+    assert torch.allclose(points.denoiser()(torch.ones(3, 2), 3.0), torch.full((3, 2), -0.5))
 
 
 # --- noise levels

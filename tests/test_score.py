@@ -11,7 +11,8 @@ from scipy.linalg import solve_discrete_lyapunov
 
 import genlab
 from genlab.cli import main
-from genlab.score import ScoreNet, annealed_langevin, conditional_score, dsm_loss, geometric_sigmas, mode_coverage
+from genlab.score import (ScoreNet, annealed_langevin, conditional_score, dsm_loss, geometric_sigmas,
+                          langevin_step_size, langevin_variance_ratio, mode_coverage)
 
 
 def test_geometric_sigmas():
@@ -115,6 +116,27 @@ def test_conditional_sampling_matches_the_gaussian_posterior():
     assert abs(x[:, 0].mean().item() - a) < 0.1  # the known coordinate is held near its value
 
 
+def test_langevin_variance_ratio_by_monte_carlo():
+    """Technique 4's closed form against T Langevin steps on data at one point (the score of N(0, sigma^2) is
+    -x / sigma^2), from samples with the previous level's spread gamma sigma."""
+    gamma, sigma_min, sigma, T, eps = 1.3, 0.05, 0.8, 6, 2e-4
+    x = gamma * sigma * torch.randn(400_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    alpha = eps * sigma ** 2 / sigma_min ** 2  # the step at this level of a ladder ending at sigma_min
+    # a one-level ladder [sigma] steps by its eps argument exactly
+    out = annealed_langevin(lambda x, s: -x / s.view(-1, 1) ** 2, x, [sigma], alpha, T)
+    assert out.var().item() / sigma ** 2 == pytest.approx(langevin_variance_ratio(eps, gamma, T, sigma_min), rel=0.01)
+
+
+def test_langevin_step_size_reproduces_ncsnv2_published_settings():
+    """Song and Ermon (2020), their CIFAR-10 (sigma_1 = 50, L = 232, T = 5) eps = 6.2e-6 and CelebA 64x64
+    (sigma_1 = 90, L = 500, T = 5) eps = 3.3e-6, sigma_L = 0.01 for both; and the ratio is nearest 1 there."""
+    assert langevin_step_size(geometric_sigmas(50, 0.01, 232), 5) == pytest.approx(6.2e-6, rel=0.01)
+    assert langevin_step_size(geometric_sigmas(90, 0.01, 500), 5) == pytest.approx(3.3e-6, rel=0.02)
+    eps, gamma = langevin_step_size(geometric_sigmas(16, 0.01, 100), 10), 1600 ** (1 / 99)  # the MNIST preset's
+    best = abs(langevin_variance_ratio(eps, gamma, 10, 0.01) - 1)
+    assert all(abs(langevin_variance_ratio(e, gamma, 10, 0.01) - 1) > best for e in (eps / 1.5, eps * 1.5))
+
+
 def test_mode_coverage_counts_characters():
     data = genlab.data.load_dataset("text:CS446")
     perfect = mode_coverage(data.test[:1000], data, radius=0.05)
@@ -146,9 +168,10 @@ def test_ncsn_2d_end_to_end(tmp_path):
 def test_ncsn_images_end_to_end_and_inpaint(tmp_path):
     run = tmp_path / "ncsn"
     genlab.train("ncsn", out=run, dataset="digits", image_size=8, dim=8, dim_mults=[1, 2], steps=3, batch_size=16,
-                 langevin_steps=2, progress=False)
+                 langevin_steps=2, langevin_eps=0, progress=False)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["model"]["sigma_max"] == 1.0
+    assert cfg["model"]["langevin_eps"] == langevin_step_size(geometric_sigmas(1.0, 0.01, 10), 2) > 0  # technique 4
     assert {"samples.png", "langevin_levels.png", "inpaint.png"} <= {p.name for p in (run / "figures").iterdir()}
     from PIL import Image
 
