@@ -76,11 +76,14 @@ def dsm_loss(score_fn, x, sigmas):
     return per_example.mean()
 
 
-def conditional_score(score_fn, x_known, mask, lam: float):
-    """Seed 002 Q2.5: s(x, sigma | x_known) = s(x, sigma) - lambda (x - x_known) * M, M = 1 where observed."""
+def conditional_score(score_fn, x_known, mask, lam):
+    """Seed 002 Q2.5: s(x, sigma | x_known) = s(x, sigma) - lambda (x - x_known) * M, M = 1 where observed.
+
+    `lam` is a number, or a function of the per-example sigma giving lambda at that level."""
 
     def score(x, sigma):
-        return score_fn(x, sigma) - lam * (x - x_known) * mask
+        pull = lam(sigma).view(-1, *([1] * (x.dim() - 1))) if callable(lam) else lam
+        return score_fn(x, sigma) - pull * (x - x_known) * mask
 
     return score
 
@@ -219,15 +222,22 @@ class NCSN(GenerativeModel):
             return out
         return (out[0].clamp(0, 1), out[1]) if return_traj else out.clamp(0, 1)
 
+    def inpaint_pull(self, lam: float):
+        """lambda at each noise level: the given one, capped at 1 / alpha_i so that a Langevin step never moves a
+        known entry past its value (alpha_i lambda <= 1; beyond 2 the pull diverges). Seed 002's ladder
+        (alpha_1 = 0.2, lambda = 5) is at the cap; a ladder from sigma_1 = 16 reaches alpha_1 = 21."""
+        sigma_min = float(self.sigmas[-1])
+        return lambda sigma: (sigma_min ** 2 / (self.eps * sigma ** 2)).clamp(max=lam)
+
     @torch.no_grad()
     def inpaint(self, x, m, generator=None, lam: float | None = None, paste: bool = True):
         """Fill the missing entries (m = 1) given the rest, by annealed Langevin with the conditional score.
 
-        The known entries are pulled to their values with strength lambda; with `paste` they are
-        finally copied in exactly, as inpainting results are usually shown.
+        The known entries are pulled to their values with strength lambda (`inpaint_pull`); with `paste` they
+        are finally copied in exactly, as inpainting results are usually shown.
         """
         known = 1 - m
-        score = conditional_score(self.score, x, known, lam or self.inpaint_lambda)
+        score = conditional_score(self.score, x, known, self.inpaint_pull(lam or self.inpaint_lambda))
         out = annealed_langevin(score, self.initial(len(x), generator), self.sigmas, self.eps, self.T, generator)
         if paste:
             out = known * x + m * out

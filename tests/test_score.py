@@ -137,6 +137,29 @@ def test_langevin_step_size_reproduces_ncsnv2_published_settings():
     assert all(abs(langevin_variance_ratio(e, gamma, 10, 0.01) - 1) > best for e in (eps / 1.5, eps * 1.5))
 
 
+def test_inpainting_with_a_wide_ladder_stays_stable_and_ends_at_the_posterior():
+    """From sigma_1 = 16 the seed's constant lambda would overshoot (alpha_1 lambda = 5e5 here, diverging); capped
+    at 1 / alpha_i it holds, and at the last level (where lambda is uncapped) Langevin ends at the same Gaussian
+    target as in the test above."""
+    from genlab.score import NCSN
+
+    mu, cov, a, lam = torch.tensor([0.5, -1.0]), torch.tensor([[1.0, 0.8], [0.8, 1.0]]), 1.5, 20.0
+    model = NCSN((2,), sigma_max=16.0, sigma_min=0.1, num_sigmas=6, langevin_steps=2000, langevin_eps=0.005)
+    model.score = lambda x, sigma: -(x - mu) @ torch.linalg.inv(cov + sigma[0] ** 2 * torch.eye(2))
+    pull = model.inpaint_pull(lam)(model.sigmas)
+    alpha = model.eps * model.sigmas ** 2 / model.sigmas[-1] ** 2
+    assert (alpha * pull <= 1 + 1e-6).all() and pull[-1] == lam and (alpha[0] * lam) > 2
+    x = model.inpaint(torch.tensor([a, 0.0]).expand(8000, 2), torch.tensor([0.0, 1.0]).expand(8000, 2),
+                      torch.Generator().manual_seed(0), lam=lam, paste=False).double()
+    assert torch.isfinite(x).all()
+    P = np.linalg.inv(cov.double().numpy() + 0.01 * np.eye(2)) + np.diag([lam, 0.0])
+    mean = np.linalg.solve(P, np.linalg.inv(cov.double().numpy() + 0.01 * np.eye(2)) @ mu.double().numpy()
+                           + np.array([lam * a, 0.0]))
+    C = solve_discrete_lyapunov(np.eye(2) - 0.005 * P, 2 * 0.005 * np.eye(2))
+    np.testing.assert_allclose(x.mean(0).numpy(), mean, atol=0.03)
+    np.testing.assert_allclose(np.cov(x.numpy().T), C, atol=0.03, rtol=0.06)
+
+
 def test_mode_coverage_counts_characters():
     data = genlab.data.load_dataset("text:CS446")
     perfect = mode_coverage(data.test[:1000], data, radius=0.05)
