@@ -48,7 +48,8 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, n: int) -> torch.Tensor
 def langevin_variance_ratio(eps: float, gamma: float, T: int, sigma_min: float) -> float:
     """Song and Ermon (2020), technique 4: for data at one point, a sample that enters level sigma_i with the
     previous level's spread (gamma sigma_i)^2 leaves its T Langevin steps (step eps sigma_i^2 / sigma_min^2)
-    with variance ratio x sigma_i^2, the same at every level of a geometric ladder of ratio gamma."""
+    with variance r sigma_i^2. Returns r, the same at every level of a geometric ladder of ratio gamma; it
+    is at least 1 (a mix of gamma^2 and the chain's stationary ratio), and 1 is the ideal."""
     a = 1 - eps / sigma_min ** 2  # each step scales x by a and adds 2 alpha of variance
     stationary = 2 * eps / (sigma_min ** 2 * (1 - a ** 2))
     return a ** (2 * T) * (gamma ** 2 - stationary) + stationary
