@@ -232,14 +232,15 @@ def build_parser() -> Parser:
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run", metavar="RUN")
     s.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
-    s.add_argument("--sampler", help="for ddpm and ncsn: ancestral, ddim, euler, heun, dpmpp_2m, and langevin "
+    s.add_argument("--sampler", help="for ddpm and ncsn: ancestral, ddim, euler, heun, dpmpp_2m, dpmpp_2m_sde, and langevin "
                                      "(ncsn); genlab models MODEL lists them")
     s.add_argument("--steps", type=int, help="noise levels (steps) of the sampler; per noise level for langevin "
                                             "(default: all T for ancestral, else 50)")
-    s.add_argument("--eta", type=float, help="DDIM's stochasticity, 0 (deterministic, default) to 1")
+    s.add_argument("--eta", type=float, help="the stochastic share, 0 to 1, of ddim (default 0: deterministic) and "
+                                          "dpmpp_2m_sde (default 1: the reverse SDE)")
     s.add_argument("--spacing", help="the noise levels: uniform, leading or trailing time steps of the model's own "
                                      "(ddpm's default for ancestral and ddim), karras (rho = 7; ddpm's default for "
-                                     "euler, heun, dpmpp_2m) or geometric (ncsn's default)")
+                                     "euler, heun, dpmpp_2m, dpmpp_2m_sde) or geometric (ncsn's default)")
     s.add_argument("--class", dest="class_", metavar="CLASS",
                    help="a class-conditional ddpm: the class to draw, by index or name (default: each in turn)")
     s.add_argument("--guidance", type=float, help="classifier-free guidance weight w >= 0 (default: the run's)")

@@ -424,7 +424,7 @@ def check_sampler(model, sampler: str | None = None, steps: int | None = None, e
                   spacing: str | None = None) -> None:
     """Refuse sampler options that the model's family does not take, before any sampling."""
     from genlab.family import FAMILIES, family
-    from genlab.sampling import SPACINGS
+    from genlab.sampling import ETA_SAMPLERS, SPACINGS
 
     name = model.config.family if hasattr(model, "config") else type(model).__name__
     asked = [flag for flag, v in (("--sampler", sampler), ("--steps", steps), ("--eta", eta), ("--spacing", spacing))
@@ -435,8 +435,8 @@ def check_sampler(model, sampler: str | None = None, steps: int | None = None, e
     if sampler and sampler not in model.samplers:
         raise GenlabError(f"unknown sampler '{sampler}' for {name} (available: {', '.join(model.samplers)})")
     chosen = sampler or (model.samplers[0] if model.samplers else None)
-    if eta is not None and (chosen != "ddim" or not 0 <= eta <= 1):
-        raise GenlabError("--eta (between 0 and 1) applies to --sampler ddim only")
+    if eta is not None and (chosen not in ETA_SAMPLERS or not 0 <= eta <= 1):
+        raise GenlabError(f"--eta (between 0 and 1) applies to --sampler {' and '.join(ETA_SAMPLERS)} only")
     if spacing is not None and (spacing not in SPACINGS or chosen == "langevin"):
         raise GenlabError(f"--spacing takes one of {', '.join(SPACINGS)}, with a sampler other than langevin")
     if steps is not None and steps < 1:

@@ -156,7 +156,7 @@ DEFAULT_STEPS = 50
 
 
 class NCSN(GenerativeModel):
-    samplers = ("langevin", "ancestral", "ddim", "euler", "heun", "dpmpp_2m")
+    samplers = ("langevin", "ancestral", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_2m_sde")
     spacing = "geometric"  # the default levels of the denoiser samplers: the ladder's log spacing, any number
     def __init__(self, shape, sigma_max, sigma_min=0.01, num_sigmas=10, langevin_steps=100, langevin_eps=2e-5,
                  hidden=128, dim=16, dim_mults=(1, 2, 2), attn_levels=1, inpaint_lambda=0.0, num_res_blocks=1):

@@ -10,7 +10,7 @@ import torch
 from genlab.ddpm import GaussianDiffusion, cosine_alphas, linear_alphas
 from genlab.sampling import (Denoiser, ScoreDenoiser, VPDenoiser, annealed_langevin, discrete_sigmas,
                              geometric_sigmas, karras_sigmas, nfe, sample_ancestral, sample_ddim, sample_dpmpp_2m,
-                             sample_euler, sample_heun, solve)
+                             sample_dpmpp_2m_sde, sample_euler, sample_heun, solve)
 
 # Gaussian data x0 ~ N(MU, COV) in 2-D with a full covariance
 Q = torch.tensor([[math.cos(0.6), -math.sin(0.6)], [math.sin(0.6), math.cos(0.6)]], dtype=torch.float64)
@@ -107,6 +107,73 @@ def test_ancestral_and_ddim_reproduce_the_gaussian(eta):
     emp = torch.cov(x.T)
     np.testing.assert_allclose(emp, cov, atol=4 * math.sqrt(2 / n) * EIG.max().item())
     np.testing.assert_allclose(cov, COV, atol=0.03 * EIG.max().item())
+
+
+def sde_2m_chain(sigmas, eta):
+    """Exact mean and covariance of DPM-Solver++(2M) SDE with the exact denoiser, from x ~ N(0, sigma_0^2 I).
+
+    A step depends on this level's x and the last one's (through D_prev), so the chain runs on the pair
+    y = (x_i - MU, x_{i-1} - MU): x' - MU = a (x - MU) + b (d - MU) + c z with d - MU = (1 + 1/2r) K (x - MU)
+    - (1/2r) K_prev (x_prev - MU), a = (t/s) e^{-eta h}, b = 1 - e^{-(1 + eta) h}, c = t sqrt(1 - e^{-2 eta h})."""
+    eye, zero = torch.eye(2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)
+    mean = torch.cat([-MU, -MU])
+    cov = torch.block_diag(sigmas[0] ** 2 * eye, zero)
+    k_prev = None
+    for i, (s, t) in enumerate(zip(sigmas, sigmas[1:])):
+        K = COV @ cov_power(s ** 2, -1.0)
+        c = 0.0
+        if t == 0:
+            top = torch.cat([K, zero], 1)
+        else:
+            h = math.log(s / t)
+            a, b = (t / s) * math.exp(-eta * h), -math.expm1(-(1 + eta) * h)
+            c = t * math.sqrt(-math.expm1(-2 * eta * h))
+            if k_prev is None:
+                top = torch.cat([a * eye + b * K, zero], 1)
+            else:
+                r = math.log(sigmas[i - 1] / s) / h
+                top = torch.cat([a * eye + b * (1 + 1 / (2 * r)) * K, -b / (2 * r) * k_prev], 1)
+        M = torch.cat([top, torch.cat([eye, zero], 1)])
+        mean, cov = M @ mean, M @ cov @ M.T + torch.block_diag(c ** 2 * eye, zero)
+        k_prev = K
+    return mean[:2] + MU, cov[:2, :2]
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_dpmpp_2m_sde_reproduces_its_exact_chain(eta):
+    """40,000 samples: mean and covariance within Monte Carlo error of the exact chain, itself COV within 1.5%."""
+    n, sigmas = 40000, karras_sigmas(80.0, 0.002, 80)
+    g = torch.Generator().manual_seed(4)
+    x = sample_dpmpp_2m_sde(GaussianDenoiser(), 80.0 * torch.randn(n, 2, generator=g, dtype=torch.float64), sigmas,
+                            eta, g)
+    mean, cov = sde_2m_chain(sigmas, eta)
+    assert ((x.mean(0) - mean).abs() < 4 * (torch.diag(cov) / n).sqrt()).all()
+    np.testing.assert_allclose(torch.cov(x.T), cov, atol=4 * math.sqrt(2 / n) * EIG.max().item())
+    np.testing.assert_allclose(cov, COV, atol=0.015 * EIG.max().item())
+
+
+def test_dpmpp_2m_sde_is_second_order_where_ancestral_is_first():
+    """The exact chains' covariance error against COV as the steps double: quarters for the 2M SDE solver,
+    halves for ancestral sampling (DDIM with eta = 1) on the same levels."""
+    def rates(chain):
+        errors = [(chain(karras_sigmas(80.0, 0.002, n), 1.0)[1] - COV).abs().max().item() for n in (40, 80, 160)]
+        return [math.log2(a / b) for a, b in zip(errors, errors[1:])], errors[-1]
+
+    (sde_rates, sde_err), (anc_rates, anc_err) = rates(sde_2m_chain), rates(ve_chain)
+    assert all(r == pytest.approx(2, abs=0.25) for r in sde_rates), sde_rates
+    assert all(r == pytest.approx(1, abs=0.25) for r in anc_rates), anc_rates
+    assert sde_err < anc_err / 10
+
+
+def test_dpmpp_2m_sde_at_its_ends():
+    """eta = 0 is DPM-Solver++(2M), and at eta = 1 a single step (no previous level) is the ancestral step."""
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 20
+    sigmas = karras_sigmas(20.0, 0.01, 12)
+    torch.testing.assert_close(sample_dpmpp_2m_sde(GaussianDenoiser(), x, sigmas, 0.0),
+                               sample_dpmpp_2m(GaussianDenoiser(), x, sigmas), rtol=1e-12, atol=1e-12)
+    one = sample_dpmpp_2m_sde(GaussianDenoiser(), x, [20.0, 3.0], 1.0, torch.Generator().manual_seed(6))
+    torch.testing.assert_close(one, sample_ancestral(GaussianDenoiser(), x, [20.0, 3.0],
+                                                     torch.Generator().manual_seed(6)), rtol=1e-12, atol=1e-12)
 
 
 def test_annealed_langevin_reproduces_the_gaussian():
@@ -287,7 +354,8 @@ def test_karras_and_geometric_levels():
 
 @pytest.mark.parametrize("sampler,extra", [("ancestral", []), ("ddim", ["--eta", "0.3", "--spacing", "trailing"]),
                                            ("euler", ["--spacing", "leading"]), ("heun", ["--spacing", "karras"]),
-                                           ("dpmpp_2m", ["--steps", "4", "--spacing", "geometric"])])
+                                           ("dpmpp_2m", ["--steps", "4", "--spacing", "geometric"]),
+                                           ("dpmpp_2m_sde", ["--steps", "4", "--eta", "0.5"])])
 def test_every_sampler_samples_a_ddpm_run(tiny_run, tmp_path, sampler, extra):
     from genlab.cli import main
 

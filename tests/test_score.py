@@ -205,6 +205,7 @@ def test_ncsn_images_end_to_end_and_inpaint(tmp_path):
     assert done[0, 0] == 200 and math.isfinite(float(done.mean()))
     for sampler, extra in (("langevin", ["--steps", "1"]), ("heun", ["--steps", "4"]),
                            ("dpmpp_2m", ["--steps", "5", "--spacing", "karras"]), ("ddim", ["--eta", "1"]),
+                           ("dpmpp_2m_sde", ["--steps", "4"]),
                            ("ancestral", ["--steps", "3", "--spacing", "uniform"])):
         out = tmp_path / f"{sampler}.npz"
         assert main(["sample", str(run), "--n", "3", "--sampler", sampler, *extra, "-o", str(out)]) == 0
