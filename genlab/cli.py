@@ -195,8 +195,9 @@ def cmd_models(a) -> int:
                 from genlab.sampling import SAMPLERS
 
                 print("  samplers (genlab sample RUN --sampler NAME; the first is the default):")
+                width = max(map(len, fam.SAMPLERS))
                 for sname in fam.SAMPLERS:
-                    print(f"    {sname:<10} {SAMPLERS[sname]}")
+                    print(f"    {sname:<{width}} {SAMPLERS[sname]}")
             print("  options (the flag, or --set model.NAME=VALUE):")
             for fname, type_name, default, help_ in describe(fam.Config):
                 print(f"    {_flag(fname):<20} {type_name:<10} {_shown(default):<14} {help_}")

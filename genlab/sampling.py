@@ -291,34 +291,17 @@ def sample_heun(denoiser, x, sigmas, callback=None):
     return x
 
 
-@torch.no_grad()
 def sample_dpmpp_2m(denoiser, x, sigmas, callback=None):
     """DPM-Solver++(2M): with lambda = -log sigma and h the step in lambda, the exact solution
     x' = (sigma'/sigma) x + (1 - e^{-h}) D of a constant denoiser, with D extrapolated linearly in lambda
-    from this level and the previous one: D + (D - D_prev) h / (2 h_prev)."""
-    prev = None
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        x0 = denoiser(x, s)
-        if s_next == 0:
-            x = x0
-        else:
-            h = math.log(s / s_next)
-            d = x0
-            if prev is not None:
-                r = math.log(sigmas[i - 1] / s) / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev
-            x = (s_next / s) * x - math.expm1(-h) * d
-        prev = x0
-        if callback is not None:
-            callback(i, x)
-    return x
+    from this level and the previous one: D + (D - D_prev) h / (2 h_prev). The SDE solver below at eta = 0."""
+    return sample_dpmpp_2m_sde(denoiser, x, sigmas, 0.0, callback=callback)
 
 
 @torch.no_grad()
 def sample_dpmpp_2m_sde(denoiser, x, sigmas, eta: float = 1.0, generator=None, callback=None):
     """DPM-Solver++(2M) SDE (Lu et al. 2022, arXiv:2211.01095, section 5): the multistep solver above on the
-    reverse SDE, with the share of it that is stochastic set by eta (0: the ODE solver, exactly dpmpp_2m).
+    reverse SDE, with the share of it that is stochastic set by eta (0: the ODE solver, dpmpp_2m).
 
     A step from sigma to sigma' (h = log(sigma / sigma')) with the extrapolated denoiser d is
     x' = (sigma'/sigma) e^{-eta h} x + (1 - e^{-(1 + eta) h}) d + sigma' sqrt(1 - e^{-2 eta h}) z:
