@@ -73,7 +73,8 @@ def machine(device: torch.device) -> str:
 
 class Judge:
     """The domain features of one image size, the training split's reference features and class shares, and
-    the floors: n test images (and the same drawn binary, as the binarised families see them) measured like samples."""
+    the floors: n test images (and the same drawn binary, as the binarised families see them) measured like
+    samples."""
 
     def __init__(self, dataset: str, data_dir: str | None, size: int, n: int, device: str):
         grey = prepare_data(genlab.make_config("ddpm", dataset=dataset, data_dir=data_dir, image_size=size))

@@ -233,8 +233,8 @@ def build_parser() -> Parser:
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run", metavar="RUN")
     s.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
-    s.add_argument("--sampler", help="for ddpm and ncsn: ancestral, ddim, euler, heun, dpmpp_2m, dpmpp_2m_sde, and langevin "
-                                     "(ncsn); genlab models MODEL lists them")
+    s.add_argument("--sampler", help="for ddpm and ncsn: ancestral, ddim, euler, heun, dpmpp_2m, dpmpp_2m_sde, "
+                                     "and langevin (ncsn); genlab models MODEL lists them")
     s.add_argument("--steps", type=int, help="noise levels (steps) of the sampler; per noise level for langevin "
                                             "(default: all T for ancestral, else 50)")
     s.add_argument("--eta", type=float, help="the stochastic share, 0 to 1, of ddim (default 0: deterministic) and "

@@ -227,7 +227,7 @@ REPAINT_STEPS, REPAINT_JUMP, REPAINT_RESAMPLINGS = 250, 10, 10
 class DDPM(GenerativeModel):
     samplers = ("ancestral", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_2m_sde")
     # the default noise levels of each sampler: DDPM's and DDIM's own evenly spaced time steps, and for the ODE
-    # solvers Karras et al.'s rho spacing from sigma = 80 (one step of theirs must not span sigma_T = 2e4 to 6)
+    # and SDE solvers Karras et al.'s rho spacing from sigma = 80 (one step must not span sigma_T = 2e4 to 6)
     spacing = {"ancestral": "uniform", "ddim": "uniform", "euler": "karras", "heun": "karras", "dpmpp_2m": "karras",
                "dpmpp_2m_sde": "karras"}
 
